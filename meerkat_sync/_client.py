@@ -1,0 +1,528 @@
+"""``MeerkatClient``: spawn rkat-rpc, handshake, and run sessions as blocking calls.
+
+One client owns one child process and is safe to share across threads: every call
+blocks only its own thread, and turns on different sessions run in parallel.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import logging
+import threading
+import weakref
+from types import TracebackType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Type,
+    TypeVar,
+)
+
+from ._binary import DEFAULT_RKAT_PATH, resolve_rkat_rpc
+from ._converter import structure
+from ._deadline import USE_DEFAULT, Deadline, Timeout, check_timeout, resolve_timeout, wait_future
+from ._endpoint import Endpoint, connection_closed
+from ._params import CREATE_OPTIONS, Prompt, build_params, connect_flags, prompt_key, session_id_arg
+from ._routing import RESPONSE, EventRouter, RunSink
+from ._session import DeferredSession, Session
+from ._streaming import EventStream, RunHandle
+from ._transport import ExitInfo, Transport
+from .errors import CapabilityUnavailableError, MeerkatError, MeerkatTimeoutError
+from .types import CONTRACT_VERSION, Capability, RunResult, SessionInfo
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._options import CreateOptions
+
+log = logging.getLogger("meerkat_sync")
+
+T = TypeVar("T")
+
+_MOB_METHODS = ("mob/create", "mob/list", "mob/call")
+
+
+def contract_compatible(server: Any, client: str = CONTRACT_VERSION) -> bool:
+    """0.x needs the same minor, 1.x+ the same major; anything unparsable is incompatible (§2.2)."""
+    try:
+        theirs = [int(p) for p in str(server).split(".")]
+        ours = [int(p) for p in client.split(".")]
+    except ValueError:
+        return False
+    if len(theirs) != 3:
+        return False
+    if theirs[0] == 0 and ours[0] == 0:
+        return theirs[1] == ours[1]
+    return theirs[0] == ours[0]
+
+
+class MeerkatClient:
+    """A blocking client for one ``rkat-rpc`` process.
+
+    ``request_timeout`` bounds control calls (list, read, history, ...); ``turn_timeout``
+    bounds turns and streams (``None``: no limit, since agent runs can be long). Every
+    method also takes ``timeout=`` to override the default for one call.
+    """
+
+    def __init__(
+        self,
+        rkat_path: str = DEFAULT_RKAT_PATH,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        request_timeout: Optional[float] = 60.0,
+        turn_timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = 30.0,
+        close_timeout: float = 5.0,
+        stream_grace: float = 1.0,
+        command: Optional[Sequence[str]] = None,
+    ) -> None:
+        self._rkat_path = rkat_path
+        self._extra_args = [str(a) for a in extra_args]
+        self._env = env
+        self._cwd = cwd
+        self._request_timeout = check_timeout(request_timeout, "request_timeout")
+        self._turn_timeout = check_timeout(turn_timeout, "turn_timeout")
+        self._connect_timeout = check_timeout(connect_timeout, "connect_timeout")
+        self._close_timeout = check_timeout(close_timeout, "close_timeout") or 5.0
+        self._stream_grace = check_timeout(stream_grace, "stream_grace") or 1.0
+        self._command = list(command) if command is not None else None
+        self._lock = threading.Lock()
+        self._transport: Optional[Transport] = None
+        self._endpoint: Optional[Endpoint] = None
+        self._router: Optional[EventRouter] = None
+        self._closed = False
+        self._capabilities: List[Capability] = []
+        self._methods: FrozenSet[str] = frozenset()
+        self._server_info: Dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("connected" if self._endpoint else "not connected")
+        return f"<MeerkatClient {state} pid={self.pid}>"
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def connect(
+        self,
+        *,
+        realm_id: Optional[str] = None,
+        instance_id: Optional[str] = None,
+        realm_backend: Optional[str] = None,
+        isolated: bool = False,
+        state_root: Optional[str] = None,
+        context_root: Optional[str] = None,
+        user_config_root: Optional[str] = None,
+        timeout: Timeout = USE_DEFAULT,
+    ) -> MeerkatClient:
+        """Spawn rkat-rpc, check its contract version and read its capabilities."""
+        flags = connect_flags(
+            realm_id=realm_id,
+            instance_id=instance_id,
+            realm_backend=realm_backend,
+            isolated=isolated,
+            state_root=state_root,
+            context_root=context_root,
+            user_config_root=user_config_root,
+        )
+        deadline = Deadline(resolve_timeout(timeout, self._connect_timeout))
+        with self._lock:
+            if self._closed:
+                raise MeerkatError(
+                    "CLIENT_CLOSED", "this client was closed; create a new MeerkatClient"
+                )
+            if self._endpoint is not None:
+                raise MeerkatError("INVALID_ARGS", "the client is already connected")
+            argv = self._command or [resolve_rkat_rpc(self._rkat_path).path, *self._extra_args]
+            router = EventRouter()
+            endpoint = Endpoint(self._send, self._make_notification_handler(router))
+            transport = Transport(
+                [*argv, *flags],
+                env=self._env,
+                cwd=self._cwd,
+                on_message=endpoint.handle,
+                on_close=self._on_exit,
+            )
+            self._router, self._endpoint, self._transport = router, endpoint, transport
+            transport.start()
+            _LIVE_CLIENTS.add(self)
+        try:
+            self._handshake(deadline)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _handshake(self, deadline: Deadline) -> None:
+        info = self._call_until("initialize", {}, deadline)
+        if not isinstance(info, dict):
+            raise MeerkatError("INVALID_RESPONSE", f"initialize returned {info!r}, not an object")
+        version = info.get("contract_version")
+        if not contract_compatible(version):
+            raise MeerkatError(
+                "VERSION_MISMATCH",
+                f"rkat-rpc speaks contract {version!r} but meerkat_sync {CONTRACT_VERSION} needs "
+                f"{CONTRACT_VERSION.rsplit('.', 1)[0]}.x; install rkat-rpc {CONTRACT_VERSION} "
+                "or a meerkat_sync release matching your runtime",
+                details={"server": version, "client": CONTRACT_VERSION},
+            )
+        self._server_info = info
+        methods = info.get("methods")
+        self._methods = (
+            frozenset(m for m in methods if isinstance(m, str))
+            if isinstance(methods, list)
+            else frozenset()
+        )
+        caps = self._call_until("capabilities/get", {}, deadline)
+        raw_caps = caps.get("capabilities") if isinstance(caps, dict) else None
+        self._capabilities = [
+            structure(c, Capability) for c in raw_caps or [] if isinstance(c, dict)
+        ]
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop the child: close its stdin, wait, then terminate and kill. Idempotent.
+
+        Calls still waiting get ``MeerkatError("CLIENT_CLOSED")``.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            transport, endpoint, router = self._transport, self._endpoint, self._router
+        _LIVE_CLIENTS.discard(self)
+        error = MeerkatError("CLIENT_CLOSED", "the client was closed while this call was waiting")
+        if endpoint is not None:
+            # Cancelled turns let the server's EOF shutdown finish at once (§1.5).
+            for request_id in endpoint.pending_long_running():
+                endpoint.notify("cancel", {"request_id": request_id})
+            endpoint.fail_all(error)
+        if router is not None:
+            router.fail_all(error)
+        if transport is not None:
+            transport.close(timeout if timeout is not None else self._close_timeout)
+
+    def __enter__(self) -> MeerkatClient:
+        if self._endpoint is None:
+            self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, or once the child has gone away."""
+        return self._closed or (
+            self._endpoint is not None and self._endpoint.closed_error is not None
+        )
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The rkat-rpc process id, for operators; None before connect()."""
+        return self._transport.pid if self._transport is not None else None
+
+    # --- capabilities -----------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> List[Capability]:
+        return list(self._capabilities)
+
+    @property
+    def server_version(self) -> Optional[str]:
+        info = self._server_info.get("server_info")
+        version = info.get("version") if isinstance(info, dict) else None
+        return version if isinstance(version, str) else None
+
+    def has_capability(self, capability_id: str) -> bool:
+        if capability_id == "mob":
+            return any(m in self._methods for m in _MOB_METHODS)
+        return any(c.id == capability_id and c.available for c in self._capabilities)
+
+    def require_capability(self, capability_id: str) -> None:
+        if not self.has_capability(capability_id):
+            status = next((c.status for c in self._capabilities if c.id == capability_id), "absent")
+            raise CapabilityUnavailableError(
+                "CAPABILITY_UNAVAILABLE",
+                f"capability {capability_id!r} is not available on this runtime (status: {status})",
+                details={"capability": capability_id, "status": status},
+            )
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def create_session(
+        self, prompt: Prompt, *, timeout: Timeout = USE_DEFAULT, **options: Unpack[CreateOptions]
+    ) -> Session:
+        """Create a session and run its first turn; returns once the turn finished."""
+        params, key = self._create_params(prompt, options)
+        session = Session(self, "")
+        self._run(params, session=session, prompt_key=key, timeout=timeout, create=True)
+        return session
+
+    def create_session_streaming(
+        self, prompt: Prompt, *, timeout: Timeout = USE_DEFAULT, **options: Unpack[CreateOptions]
+    ) -> EventStream:
+        """Create a session and stream its first turn; ``events.session`` is the new Session."""
+        params, key = self._create_params(prompt, options)
+        return self._stream(params, session=None, prompt_key=key, timeout=timeout, create=True)
+
+    def create_deferred_session(
+        self, prompt: Prompt, *, timeout: Timeout = USE_DEFAULT, **options: Unpack[CreateOptions]
+    ) -> DeferredSession:
+        """Reserve a session id now; its first turn runs on ``start_turn()``."""
+        params, wire_prompt = build_params(prompt, options, CREATE_OPTIONS, "session/create")
+        params["initial_turn"] = "deferred"
+        reply = self._call("session/create", params, timeout)
+        if not isinstance(reply, dict) or not isinstance(reply.get("session_id"), str):
+            raise MeerkatError("INVALID_RESPONSE", f"deferred session/create returned {reply!r}")
+        return DeferredSession(self, reply["session_id"], reply.get("session_ref"), wire_prompt)
+
+    def session(self, session_id: str) -> Session:
+        """A handle for an existing session (e.g. an id kept in a web session cookie)."""
+        return Session(self, session_id_arg(session_id))
+
+    def list_sessions(
+        self,
+        *,
+        labels: Optional[Mapping[str, str]] = None,
+        limit: Optional[int] = None,
+        offset: Optional[int] = None,
+        timeout: Timeout = USE_DEFAULT,
+    ) -> List[SessionInfo]:
+        params: Dict[str, Any] = {}
+        if labels is not None:
+            params["labels"] = CREATE_OPTIONS["labels"](labels, "labels")
+        for name, value in (("limit", limit), ("offset", offset)):
+            if value is not None:
+                params[name] = CREATE_OPTIONS["max_tokens"](value, name)
+        reply = self._call("session/list", params, timeout)
+        entries = reply.get("sessions") if isinstance(reply, dict) else None
+        return [structure(e, SessionInfo) for e in entries or [] if isinstance(e, dict)]
+
+    def read_session(self, session_id: str, *, timeout: Timeout = USE_DEFAULT) -> SessionInfo:
+        params = {"session_id": session_id_arg(session_id)}
+        return self._call_typed("session/read", params, SessionInfo, timeout)
+
+    def _create_params(self, prompt: Prompt, options: Mapping[str, Any]) -> Any:
+        params, wire_prompt = build_params(prompt, options, CREATE_OPTIONS, "session/create")
+        return params, prompt_key(wire_prompt)
+
+    # --- calls (used by sessions) -----------------------------------------------------------
+
+    def _parts(self) -> Any:
+        endpoint, router = self._endpoint, self._router
+        if endpoint is None or router is None:
+            if self._closed:
+                raise MeerkatError(
+                    "CLIENT_CLOSED", "this client was closed; create a new MeerkatClient"
+                )
+            raise MeerkatError(
+                "NOT_CONNECTED",
+                "the client is not connected; call connect() or use `with MeerkatClient() as client:`",
+            )
+        if endpoint.closed_error is not None:
+            raise endpoint.closed_error
+        return endpoint, router
+
+    def _send(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            raise MeerkatError("NOT_CONNECTED", "the client is not connected; call connect() first")
+        transport.send(data)
+
+    def _call(self, method: str, params: Mapping[str, Any], timeout: Timeout) -> Any:
+        return self._call_until(
+            method, params, Deadline(resolve_timeout(timeout, self._request_timeout))
+        )
+
+    def _call_until(self, method: str, params: Mapping[str, Any], deadline: Deadline) -> Any:
+        endpoint, _ = self._parts()
+        request_id, future = endpoint.request(method, params)
+        try:
+            return wait_future(future, deadline, method)
+        except (MeerkatTimeoutError, KeyboardInterrupt):
+            endpoint.forget(request_id)
+            raise
+
+    def _call_typed(
+        self, method: str, params: Mapping[str, Any], cls: Type[T], timeout: Timeout
+    ) -> T:
+        reply = self._call(method, params, timeout)
+        try:
+            return structure(reply, cls)
+        except Exception as exc:
+            raise MeerkatError(
+                "INVALID_RESPONSE", f"{method} returned a result of unexpected shape: {exc}"
+            ) from exc
+
+    def _start_run(
+        self,
+        params: Mapping[str, Any],
+        *,
+        session: Optional[Session],
+        prompt_key: Optional[str],
+        deliver: bool,
+        create: bool,
+        on_result: Callable[[RunResult], None],
+    ) -> RunHandle:
+        endpoint, router = self._parts()
+        method = "session/create" if create else "turn/start"
+        sink = RunSink(prompt_key, deliver, None if create or session is None else session.id)
+        register = router.add_create if create else router.add_turn
+        try:
+            request_id, raw = endpoint.request(method, params, before_send=lambda _: register(sink))
+        except BaseException:
+            router.release(sink, 0.0)
+            raise
+        result: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
+        grace = self._stream_grace
+
+        def settle(done: concurrent.futures.Future[Any]) -> None:
+            # Runs on the reader thread, before any later event of this session is routed.
+            error = done.exception()
+            run: Optional[RunResult] = None
+            if error is None:
+                try:
+                    run = structure(done.result(), RunResult)
+                except Exception as exc:
+                    error = MeerkatError(
+                        "INVALID_RESPONSE", f"{method} returned a malformed result: {exc}"
+                    )
+            if create:
+                router.create_answered(sink, run.session_id if run is not None else None)
+            if run is not None:
+                on_result(run)
+                result.set_result(run)
+            else:
+                result.set_exception(error or MeerkatError("INVALID_RESPONSE", f"{method} failed"))
+            router.mark_answered(sink, grace)
+            sink.items.put(RESPONSE)
+
+        raw.add_done_callback(settle)
+        return RunHandle(
+            sink,
+            result,
+            cancel=lambda: endpoint.cancel(request_id, method),
+            release=lambda: router.release(sink, grace),
+        )
+
+    def _run(
+        self,
+        params: Mapping[str, Any],
+        *,
+        session: Session,
+        prompt_key: Optional[str],
+        timeout: Timeout,
+        create: bool = False,
+    ) -> RunResult:
+        deadline = Deadline(resolve_timeout(timeout, self._turn_timeout))
+        handle = self._start_run(
+            params,
+            session=session,
+            prompt_key=prompt_key,
+            deliver=False,
+            create=create,
+            on_result=session._record,
+        )
+        try:
+            return wait_future(handle.result, deadline, "the turn")
+        except (MeerkatTimeoutError, KeyboardInterrupt):
+            handle.cancel()
+            raise
+        finally:
+            handle.release()
+
+    def _stream(
+        self,
+        params: Mapping[str, Any],
+        *,
+        session: Optional[Session],
+        prompt_key: Optional[str],
+        timeout: Timeout,
+        create: bool = False,
+    ) -> EventStream:
+        turn_timeout = resolve_timeout(timeout, self._turn_timeout)
+        stream: EventStream
+
+        def record(result: RunResult) -> None:
+            target = session or Session(self, result.session_id)
+            target._record(result)
+            stream._session = target
+
+        def start() -> RunHandle:
+            return self._start_run(
+                params,
+                session=session,
+                prompt_key=prompt_key,
+                deliver=True,
+                create=create,
+                on_result=record,
+            )
+
+        stream = EventStream(
+            start,
+            timeout=turn_timeout,
+            grace=self._stream_grace,
+            session_id=session.id if session is not None else None,
+            session=session,
+        )
+        return stream
+
+    def _forget_session(self, session_id: str) -> None:
+        if self._router is not None:
+            self._router.forget_session(session_id)
+
+    # --- notifications and exit -------------------------------------------------------------
+
+    @staticmethod
+    def _make_notification_handler(router: EventRouter) -> Callable[[str, Dict[str, Any]], None]:
+        def on_notification(method: str, params: Dict[str, Any]) -> None:
+            if method == "session/event":
+                session_id, envelope = params.get("session_id"), params.get("event")
+                if isinstance(session_id, str) and isinstance(envelope, dict):
+                    router.on_event(session_id, envelope)
+                else:
+                    log.warning("malformed session/event notification: %.200r", params)
+            else:
+                log.debug("ignoring %s notification", method)
+
+        return on_notification
+
+    def _on_exit(self, info: ExitInfo) -> None:
+        """The child's stdout ended: wake every waiter with the reason."""
+        if self._closed:
+            return
+        error = connection_closed(info)
+        log.warning("%s", error.message)
+        if self._endpoint is not None:
+            self._endpoint.fail_all(error)
+        if self._router is not None:
+            self._router.fail_all(error)
+
+
+#: Clients to close at interpreter exit, so no rkat-rpc outlives the script.
+_LIVE_CLIENTS: weakref.WeakSet[MeerkatClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_clients() -> None:
+    for client in list(_LIVE_CLIENTS):
+        try:
+            client.close(timeout=1.0)
+        except Exception:  # never let one client stop the others from closing
+            log.debug("closing a client at exit failed", exc_info=True)
+
+
+__all__ = ["MeerkatClient"]

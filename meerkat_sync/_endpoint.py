@@ -1,0 +1,236 @@
+"""JSON-RPC semantics over a :class:`Transport`: ids, pending futures, server requests.
+
+Responses settle ``concurrent.futures.Future`` objects by id. Notifications go to one
+callback (the event router). Requests *from* the server are answered off the reader
+thread, so a handler may itself call the client without deadlocking the reader.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import threading
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from ._transport import ExitInfo, encode
+from .errors import MeerkatError, error_from_rpc
+
+log = logging.getLogger("meerkat_sync")
+
+#: Methods the server answers with ``"id": null`` when their params are malformed (§8.1).
+_NULL_ID_METHODS = frozenset(
+    {"comms/send", "comms/peers", "session/external_event", "mob/stream_open", "mob/stream_close"}
+)
+#: Methods the ``cancel`` notification can stop (§1.7).
+LONG_RUNNING = frozenset({"session/create", "turn/start"})
+
+RequestHandler = Callable[[Any], Any]
+NotificationHandler = Callable[[str, Dict[str, Any]], None]
+Sender = Callable[[bytes], None]
+
+
+class _Pending:
+    __slots__ = ("future", "method")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+class Endpoint:
+    """Matches responses to requests and dispatches everything else."""
+
+    def __init__(self, send: Sender, on_notification: NotificationHandler) -> None:
+        self._send = send
+        self._on_notification = on_notification
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._order_lock = threading.Lock()
+        self._pending: Dict[int, _Pending] = {}
+        self._closed: Optional[MeerkatError] = None
+        self._handlers: Dict[str, RequestHandler] = {}
+        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    # --- outgoing --------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        before_send: Optional[Callable[[int], None]] = None,
+    ) -> Tuple[int, concurrent.futures.Future[Any]]:
+        """Send a request; returns its id and the future its response settles.
+
+        ``before_send`` runs under the write order lock, so whatever it registers (an event
+        sink) is ordered exactly as the requests reach the server.
+        """
+        pending = _Pending(method)
+        # The order lock keeps id order == write order; the reader thread never takes it,
+        # so a write that blocks on a full pipe cannot stop responses from being read.
+        with self._order_lock:
+            with self._lock:
+                if self._closed is not None:
+                    raise self._closed
+                request_id = next(self._ids)
+            try:
+                data = encode(
+                    {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+                )
+            except (TypeError, ValueError) as exc:
+                raise MeerkatError(
+                    "INVALID_ARGS", f"{method} arguments cannot be sent as JSON: {exc}"
+                ) from None
+            with self._lock:
+                if self._closed is not None:  # fail_all ran while we encoded
+                    raise self._closed
+                self._pending[request_id] = pending
+            if before_send is not None:
+                before_send(request_id)
+            try:
+                self._send(data)
+            except MeerkatError:
+                self.forget(request_id)
+                raise
+        return request_id, pending.future
+
+    def notify(self, method: str, params: Mapping[str, Any]) -> None:
+        """Fire-and-forget; a dead connection is not an error here (used for cleanup)."""
+        try:
+            self._send(encode({"jsonrpc": "2.0", "method": method, "params": params}))
+        except MeerkatError as exc:
+            log.debug("could not send %s notification: %s", method, exc)
+
+    def forget(self, request_id: int) -> None:
+        """Stop waiting for a response: a late one is then discarded as unknown."""
+        with self._lock:
+            self._pending.pop(request_id, None)
+
+    def cancel(self, request_id: int, method: str) -> None:
+        """Forget the request and, when the server can stop it, tell it to (§1.7)."""
+        self.forget(request_id)
+        if method in LONG_RUNNING:
+            self.notify("cancel", {"request_id": request_id})
+
+    def pending_long_running(self) -> Dict[int, str]:
+        with self._lock:
+            return {i: p.method for i, p in self._pending.items() if p.method in LONG_RUNNING}
+
+    # --- incoming --------------------------------------------------------------------------
+
+    def handle(self, message: Dict[str, Any]) -> None:
+        """Route one parsed message; runs on the reader thread, so it never blocks."""
+        method = message.get("method")
+        if method is None:
+            self._handle_response(message)
+        elif not isinstance(method, str):
+            log.warning("ignoring a message with a non-string method: %.200r", message)
+        elif "id" in message and message["id"] is not None:
+            self._dispatch_request(method, message["id"], message.get("params"))
+        else:
+            params = message.get("params")
+            self._on_notification(method, params if isinstance(params, dict) else {})
+
+    def _handle_response(self, message: Dict[str, Any]) -> None:
+        request_id = message.get("id")
+        with self._lock:
+            if request_id is None:
+                pending = self._oldest_null_id_candidate()
+            elif isinstance(request_id, int) and not isinstance(request_id, bool):
+                pending = self._pending.pop(request_id, None)
+            else:
+                pending = None
+        if pending is None:
+            if request_id is None:
+                log.warning(
+                    "rkat-rpc sent an error without a request id: %.300r", message.get("error")
+                )
+            else:
+                log.debug("discarding a response to unknown or abandoned request %r", request_id)
+            return
+        if "error" in message:
+            pending.future.set_exception(error_from_rpc(message["error"]))
+        elif "result" in message:
+            pending.future.set_result(message["result"])
+        else:
+            pending.future.set_exception(
+                MeerkatError(
+                    "INVALID_RESPONSE", f"response to {pending.method} has neither result nor error"
+                )
+            )
+
+    def _oldest_null_id_candidate(self) -> Optional[_Pending]:
+        # Called with the lock held. ids grow, so the smallest matching id is the oldest.
+        for request_id in sorted(self._pending):
+            if self._pending[request_id].method in _NULL_ID_METHODS:
+                return self._pending.pop(request_id)
+        return None
+
+    # --- server -> client requests ---------------------------------------------------------
+
+    def register_handler(self, method: str, handler: RequestHandler) -> None:
+        self._handlers[method] = handler
+
+    def _dispatch_request(self, method: str, request_id: Any, params: Any) -> None:
+        with self._lock:
+            if self._closed is not None:
+                return
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=8, thread_name_prefix="meerkat-callback"
+                )
+            executor = self._executor
+        executor.submit(self._answer, method, request_id, params)
+
+    def _answer(self, method: str, request_id: Any, params: Any) -> None:
+        handler = self._handlers.get(method)
+        reply: Dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
+        if handler is None:
+            reply["error"] = {"code": -32601, "message": f"Method not found: {method}"}
+        else:
+            try:
+                reply["result"] = handler(params)
+            except Exception as exc:
+                log.exception("handler for server request %s failed", method)
+                reply["error"] = {"code": -32603, "message": f"{type(exc).__name__}: {exc}"}
+        try:
+            data = encode(reply)
+        except (TypeError, ValueError) as exc:
+            data = encode(
+                {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "error": {"code": -32603, "message": f"unencodable result: {exc}"},
+                }
+            )
+        try:
+            self._send(data)
+        except MeerkatError as exc:
+            log.debug("could not answer server request %s: %s", method, exc)
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    def fail_all(self, error: MeerkatError) -> None:
+        """Wake every waiter with ``error``; later requests fail at once with it."""
+        with self._lock:
+            if self._closed is None:
+                self._closed = error
+            pending, self._pending = self._pending, {}
+            executor, self._executor = self._executor, None
+        for item in pending.values():
+            if not item.future.done():
+                item.future.set_exception(error)
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    @property
+    def closed_error(self) -> Optional[MeerkatError]:
+        return self._closed
+
+
+def connection_closed(info: ExitInfo) -> MeerkatError:
+    return MeerkatError(
+        "CONNECTION_CLOSED",
+        f"{info.describe()}. Create a new client to continue.",
+        details={"returncode": info.returncode, "stderr_tail": info.stderr_tail},
+    )

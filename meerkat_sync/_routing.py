@@ -1,0 +1,299 @@
+"""Attributing ``session/event`` notifications to the run each caller is waiting for.
+
+The wire gives events a session id but no request id (PROTOCOL.md §5.2), so:
+
+* Turns on a known session wait in a FIFO per session, registered in the order their
+  requests were written. A run is delimited by ``run_started`` ... ``run_completed`` /
+  ``run_failed``; a ``run_started`` whose prompt equals a waiting turn's prompt goes to
+  that turn, otherwise to the oldest. A run nobody waits for (server-initiated) is
+  swallowed whole, so it never leaks into a stream.
+* Events of an immediate ``session/create`` carry a session id nobody knows yet. They are
+  bound live to a pending create only when their ``run_started`` prompt identifies exactly
+  one; otherwise they wait in a bounded orphan buffer until a create response names the
+  session. Attribution is therefore always correct, and live whenever it is unambiguous.
+* A sink whose caller is done (finished, broke out early, timed out) stays in place and
+  swallows the rest of its run, so stragglers never reach the next turn's stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from typing import Any, Deque, Dict, List, Optional, Set
+
+from .errors import MeerkatError
+
+log = logging.getLogger("meerkat_sync")
+
+TERMINAL = frozenset({"run_completed", "run_failed"})
+
+#: Events kept for not-yet-attributable sessions, across all of them.
+ORPHAN_LIMIT = 20000
+
+
+class Marker:
+    """Control items a sink's queue carries besides event envelopes."""
+
+    __slots__ = ("error", "name")
+
+    def __init__(self, name: str, error: Optional[MeerkatError] = None) -> None:
+        self.name = name
+        self.error = error
+
+
+RUN_END = Marker("run_end")
+RESPONSE = Marker("response")
+
+
+def bare_session_id(session_id: str) -> str:
+    """Notifications carry the bare UUID; a ``realm:uuid`` locator is reduced to it."""
+    return session_id.rsplit(":", 1)[-1]
+
+
+class RunSink:
+    """The events of one run, for one caller."""
+
+    __slots__ = (
+        "deliver",
+        "expires_at",
+        "items",
+        "prompt_key",
+        "run_ended",
+        "saw_run_started",
+        "session_id",
+        "started",
+    )
+
+    def __init__(self, prompt_key: Optional[str], deliver: bool, session_id: Optional[str]) -> None:
+        self.items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.prompt_key = prompt_key
+        self.deliver = deliver
+        self.session_id = None if session_id is None else bare_session_id(session_id)
+        self.started = False
+        self.saw_run_started = False
+        self.run_ended = False
+        # Set once nobody needs this sink's run any more: a never-started sink is then
+        # skipped after this moment instead of blocking the session's FIFO forever.
+        self.expires_at: Optional[float] = None
+
+    def push(self, envelope: Dict[str, Any], terminal: bool) -> None:
+        self.started = True
+        if self.deliver:
+            self.items.put(envelope)
+        if terminal:
+            self.end_run()
+
+    def end_run(self) -> None:
+        if not self.run_ended:
+            self.run_ended = True
+            if self.deliver:
+                self.items.put(RUN_END)
+
+
+#: Swallows runs nobody waits for.
+_UNSOLICITED = RunSink(None, deliver=False, session_id=None)
+
+
+class _Route:
+    """Per-session state: the turns waiting for a run, and the run in progress."""
+
+    __slots__ = ("active", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: Deque[RunSink] = collections.deque()
+        self.active: Optional[RunSink] = None
+
+    def target(self, kind: Any, payload: Dict[str, Any]) -> Optional[RunSink]:
+        if kind == "run_started":
+            current = self.active
+            if current is not None and current.saw_run_started:
+                current.end_run()  # its terminal event was lost (§5.5)
+                self.active = None
+            if self.active is None:
+                self.active = self._take(payload.get("prompt")) or _UNSOLICITED
+            self.active.saw_run_started = True
+        elif self.active is None:
+            # No run_started seen: it was dropped, or these are stragglers of a run
+            # whose sink is gone. Only a waiting turn can claim them.
+            self.active = self._take(None)
+            if self.active is None:
+                return None
+        sink = self.active
+        if kind in TERMINAL:
+            self.active = None
+        return sink
+
+    def _take(self, prompt: Any) -> Optional[RunSink]:
+        now = time.monotonic()
+        live = [s for s in self.waiting if s.expires_at is None or s.expires_at > now]
+        if len(live) != len(self.waiting):
+            self.waiting = collections.deque(live)
+        if not live:
+            return None
+        chosen = next(
+            (s for s in live if s.prompt_key is not None and s.prompt_key == prompt), live[0]
+        )
+        self.waiting.remove(chosen)
+        return chosen
+
+
+class EventRouter:
+    """Owned by the client; ``on_event`` runs on the reader thread and never blocks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._routes: Dict[str, _Route] = {}
+        self._creates: List[RunSink] = []
+        self._orphans: Dict[str, List[Dict[str, Any]]] = {}
+        self._orphan_count = 0
+        self._live: Set[RunSink] = set()
+        self._failed: Optional[MeerkatError] = None
+
+    # --- registration (under the endpoint's send-order lock) -------------------------------
+
+    def add_turn(self, sink: RunSink) -> None:
+        assert sink.session_id is not None
+        with self._lock:
+            self._check_failed()
+            self._routes.setdefault(sink.session_id, _Route()).waiting.append(sink)
+            self._live.add(sink)
+
+    def add_create(self, sink: RunSink) -> None:
+        with self._lock:
+            self._check_failed()
+            self._creates.append(sink)
+            self._live.add(sink)
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    # --- events ----------------------------------------------------------------------------
+
+    def on_event(self, session_id: str, envelope: Dict[str, Any]) -> None:
+        payload = envelope.get("payload")
+        if not isinstance(payload, dict):
+            log.warning(
+                "session/event without a payload object for %s: %.200r", session_id, envelope
+            )
+            return
+        kind = payload.get("type")
+        with self._lock:
+            route = self._routes.get(session_id)
+            if route is None:
+                route = self._adopt(session_id, kind, payload, envelope)
+                if route is None:
+                    return
+            sink = route.target(kind, payload)
+            if sink is not None:
+                sink.push(envelope, kind in TERMINAL)
+
+    def _adopt(
+        self, session_id: str, kind: Any, payload: Dict[str, Any], envelope: Dict[str, Any]
+    ) -> Optional[_Route]:
+        """An unknown session: bind it to the one pending create it can belong to, or wait."""
+        if not self._creates:
+            log.debug("dropping an event of unknown session %s (no create pending)", session_id)
+            return None
+        if session_id not in self._orphans:
+            candidates = self._create_candidates(kind, payload)
+            if len(candidates) == 1:
+                sink = candidates[0]
+                sink.session_id = session_id
+                route = self._routes[session_id] = _Route()
+                route.active = sink
+                return route
+        if self._orphan_count >= ORPHAN_LIMIT:
+            log.warning(
+                "orphan event buffer full (%d); dropping an event of %s", ORPHAN_LIMIT, session_id
+            )
+            return None
+        self._orphans.setdefault(session_id, []).append(envelope)
+        self._orphan_count += 1
+        return None
+
+    def _create_candidates(self, kind: Any, payload: Dict[str, Any]) -> List[RunSink]:
+        if kind != "run_started":
+            return []  # without the run's prompt, whose session this is stays unknown
+        unbound = [s for s in self._creates if s.session_id is None]
+        prompt = payload.get("prompt")
+        exact = [s for s in unbound if s.prompt_key is not None and s.prompt_key == prompt]
+        return exact or [s for s in unbound if s.prompt_key is None]
+
+    # --- responses and release -------------------------------------------------------------
+
+    def create_answered(self, sink: RunSink, session_id: Optional[str]) -> None:
+        """A create response arrived (``session_id`` is None for an error response)."""
+        with self._lock:
+            if sink in self._creates:
+                self._creates.remove(sink)
+            if session_id is not None:
+                self._bind_answered(sink, bare_session_id(session_id))
+            if not self._creates:
+                self._orphans.clear()
+                self._orphan_count = 0
+
+    def _bind_answered(self, sink: RunSink, session_id: str) -> None:
+        if sink.session_id is not None and sink.session_id != session_id:
+            log.warning(
+                "events of session %s were attributed to the create of %s; discarding the rest",
+                sink.session_id,
+                session_id,
+            )
+            wrong = self._routes.get(sink.session_id)
+            if wrong is not None and wrong.active is sink:
+                wrong.active = _UNSOLICITED
+            sink.session_id = None
+        if sink.session_id is not None:
+            return
+        sink.session_id = session_id
+        route = self._routes.setdefault(session_id, _Route())
+        if route.active is None:
+            route.active = sink
+        buffered = self._orphans.pop(session_id, [])
+        self._orphan_count -= len(buffered)
+        for envelope in buffered:
+            payload = envelope["payload"]
+            kind = payload.get("type")
+            target = route.target(kind, payload)
+            if target is not None:
+                target.push(envelope, kind in TERMINAL)
+
+    def release(self, sink: RunSink, grace: float) -> None:
+        """The caller is done with ``sink``: stop queueing; let its run drain into nothing."""
+        with self._lock:
+            sink.deliver = False
+            if sink.expires_at is None:
+                sink.expires_at = time.monotonic() + grace
+            if sink in self._creates:
+                self._creates.remove(sink)
+                if not self._creates:
+                    self._orphans.clear()
+                    self._orphan_count = 0
+            self._live.discard(sink)
+
+    def mark_answered(self, sink: RunSink, grace: float) -> None:
+        """Its response is in: if its run never shows up within ``grace``, stop waiting for it."""
+        with self._lock:
+            if not sink.started and sink.expires_at is None:
+                sink.expires_at = time.monotonic() + grace
+
+    def forget_session(self, session_id: str) -> None:
+        with self._lock:
+            route = self._routes.get(bare_session_id(session_id))
+            if route is not None and not route.waiting and route.active is None:
+                del self._routes[bare_session_id(session_id)]
+
+    def fail_all(self, error: MeerkatError) -> None:
+        with self._lock:
+            if self._failed is None:
+                self._failed = error
+            live, self._live = self._live, set()
+            self._creates.clear()
+            self._orphans.clear()
+            self._orphan_count = 0
+        for sink in live:
+            sink.items.put(Marker("failed", error))

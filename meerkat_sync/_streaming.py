@@ -1,0 +1,219 @@
+"""``EventStream``: one run's events as a plain iterator that is also a context manager.
+
+Nothing is sent until the stream is entered, iterated or collected, so a stream that is
+created and dropped costs nothing. Leaving early releases the run's sink: the rest of the
+run is discarded by the router, and the response still settles the session's state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
+
+from ._converter import structure_envelope, structure_event
+from ._deadline import Deadline, wait_queue
+from ._routing import RESPONSE, RUN_END, Marker, RunSink
+from .errors import MeerkatError, MeerkatTimeoutError
+from .events import Event, EventEnvelope, TextDelta
+from .types import RunResult
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+log = logging.getLogger("meerkat_sync")
+
+
+class RunHandle:
+    """A run in flight: its sink, its settled result, and how to call it off."""
+
+    __slots__ = ("cancel", "release", "result", "sink")
+
+    def __init__(
+        self,
+        sink: RunSink,
+        result: concurrent.futures.Future[RunResult],
+        cancel: Callable[[], None],
+        release: Callable[[], None],
+    ) -> None:
+        self.sink = sink
+        self.result = result
+        self.cancel = cancel
+        self.release = release
+
+
+class EventStream:
+    """Typed events of one run; ``result`` holds the :class:`RunResult` once consumed.
+
+    Use it as ``with session.stream(prompt) as events: for event in events: ...``, or call
+    :meth:`collect` / :meth:`collect_text`. A failed run raises its :class:`MeerkatError`
+    from the iteration, after the events that preceded the failure.
+    """
+
+    def __init__(
+        self,
+        start: Callable[[], RunHandle],
+        *,
+        timeout: Optional[float],
+        grace: float,
+        session_id: Optional[str] = None,
+        session: Optional[Session] = None,
+    ) -> None:
+        self._start = start
+        self._timeout = timeout
+        self._grace = grace
+        self._session_id = session_id
+        self._session = session
+        self._handle: Optional[RunHandle] = None
+        self._deadline: Optional[Deadline] = None
+        self._answered = False
+        self._run_ended = False
+        self._done = False
+        self._result: Optional[RunResult] = None
+        self._error: Optional[BaseException] = None
+
+    # --- public surface --------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> Optional[str]:
+        """The session's id; for a streaming create, known once the run is attributed."""
+        if self._result is not None:
+            return self._result.session_id
+        if self._handle is not None and self._handle.sink.session_id is not None:
+            return self._handle.sink.session_id
+        return self._session_id
+
+    @property
+    def session(self) -> Optional[Session]:
+        """The session this run belongs to; for a streaming create, set once it is answered."""
+        return self._session
+
+    @property
+    def result(self) -> RunResult:
+        if self._result is None:
+            raise MeerkatError(
+                "STREAM_NOT_CONSUMED",
+                "the stream has not been consumed yet; iterate it to the end "
+                "(or call collect()) before reading .result",
+            )
+        return self._result
+
+    def __enter__(self) -> EventStream:
+        self._ensure_started()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        envelope = self._next_envelope()
+        if envelope is None:
+            raise StopIteration
+        payload = envelope.get("payload")
+        return structure_event(payload if isinstance(payload, dict) else {})
+
+    def envelopes(self) -> Iterator[EventEnvelope]:
+        """The same events with their delivery metadata (``event_id``, ``seq``, ...)."""
+        while True:
+            envelope = self._next_envelope()
+            if envelope is None:
+                return
+            yield structure_envelope(envelope)
+
+    def collect(self) -> RunResult:
+        """Consume every event silently; return the result."""
+        with self:
+            for _ in self:
+                pass
+        return self.result
+
+    def collect_text(self) -> Tuple[str, RunResult]:
+        """Consume every event; return the concatenated text deltas and the result."""
+        parts: List[str] = []
+        with self:
+            for event in self:
+                if type(event) is TextDelta:
+                    parts.append(event.delta)
+        return "".join(parts), self.result
+
+    def close(self) -> None:
+        """Stop consuming. Idempotent; the run itself goes on (use interrupt() to stop it)."""
+        if self._handle is not None and not self._done:
+            self._done = True
+            self._handle.release()
+
+    # --- machinery -------------------------------------------------------------------------
+
+    def _ensure_started(self) -> RunHandle:
+        if self._handle is None:
+            if self._done:
+                raise MeerkatError("INVALID_ARGS", "this stream was closed before it started")
+            self._handle = self._start()
+            self._deadline = Deadline(self._timeout)
+        return self._handle
+
+    def _next_envelope(self) -> Optional[Dict[str, Any]]:
+        handle = self._ensure_started()
+        assert self._deadline is not None
+        items = handle.sink.items
+        while not self._done:
+            if self._answered and self._run_ended:
+                self._finish()
+                break
+            try:
+                item = wait_queue(items, self._deadline, "the turn")
+            except MeerkatTimeoutError:
+                if self._answered:
+                    # The run's terminal event never came (dropped, §5.5): the result stands.
+                    self._finish()
+                    break
+                self._abandon()
+                raise
+            except KeyboardInterrupt:
+                self._abandon()
+                raise
+            if type(item) is dict:
+                return item
+            if item is RUN_END:
+                self._run_ended = True
+            elif item is RESPONSE:
+                self._answered = True
+                if handle.result.exception() is not None and not handle.sink.started:
+                    self._run_ended = True  # rejected before any run began: nothing to wait for
+                else:
+                    self._deadline = Deadline(self._grace)
+            elif isinstance(item, Marker) and item.error is not None:
+                self._done = True
+                handle.release()
+                raise item.error
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return None
+
+    def _finish(self) -> None:
+        handle = self._handle
+        assert handle is not None
+        self._done = True
+        handle.release()
+        exc = handle.result.exception()
+        if exc is not None:
+            self._error = exc
+        else:
+            self._result = handle.result.result()
+
+    def _abandon(self) -> None:
+        handle = self._handle
+        assert handle is not None
+        self._done = True
+        handle.cancel()
+        handle.release()

@@ -1,0 +1,140 @@
+"""One exception hierarchy for everything the client can raise.
+
+Every failure a user can see is a :class:`MeerkatError` with a stable string ``code``.
+Server errors keep the numeric JSON-RPC code (``rpc_code``) and the server's ``data``
+so nothing the runtime said is lost in translation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Type
+
+__all__ = [
+    "RPC_ERROR_NAMES",
+    "CapabilityUnavailableError",
+    "MeerkatError",
+    "MeerkatTimeoutError",
+    "SessionNotFoundError",
+    "SkillNotFoundError",
+    "error_from_rpc",
+]
+
+
+class MeerkatError(Exception):
+    """Base class of every error raised by meerkat_sync.
+
+    ``code`` is a SCREAMING_SNAKE name (``"SESSION_NOT_FOUND"``, ``"TIMEOUT"``, ...);
+    ``rpc_code`` is the numeric JSON-RPC code when the error came from the server.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        details: Any = None,
+        capability_hint: Any = None,
+        *,
+        rpc_code: Optional[int] = None,
+        data: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+        self.capability_hint = capability_hint
+        self.rpc_code = rpc_code
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def __reduce__(self) -> Any:
+        # Exceptions cross process boundaries (multiprocessing, Celery): keep every field.
+        return (
+            _rebuild,
+            (type(self), self.code, self.message, self.details, self.capability_hint),
+            {"rpc_code": self.rpc_code, "data": self.data},
+        )
+
+
+def _rebuild(
+    cls: Type[MeerkatError], code: str, message: str, details: Any, hint: Any
+) -> MeerkatError:
+    return cls(code, message, details, hint)
+
+
+class CapabilityUnavailableError(MeerkatError):
+    """A capability the caller required is not offered by this runtime."""
+
+
+class SessionNotFoundError(MeerkatError):
+    """The session does not exist (or was archived) on this runtime."""
+
+
+class SkillNotFoundError(MeerkatError):
+    """A skill reference could not be resolved."""
+
+
+class MeerkatTimeoutError(MeerkatError, TimeoutError):
+    """A blocking call ran out of time; also a builtin :class:`TimeoutError`."""
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        MeerkatError.__init__(self, "TIMEOUT", message, details)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.message, self.details))
+
+
+#: Numeric JSON-RPC codes of rkat-rpc 0.5.0 and the names users match on (PROTOCOL.md §8.2).
+RPC_ERROR_NAMES: Mapping[int, str] = {
+    -32700: "PARSE_ERROR",
+    -32600: "INVALID_REQUEST",
+    -32601: "METHOD_NOT_FOUND",
+    -32602: "INVALID_PARAMS",
+    -32603: "INTERNAL_ERROR",
+    -32001: "SESSION_NOT_FOUND",
+    -32002: "SESSION_BUSY",
+    -32003: "SESSION_NOT_RUNNING",
+    -32004: "DUPLICATE_INPUT",
+    -32005: "REQUEST_CANCELLED",
+    -32010: "PROVIDER_ERROR",
+    -32011: "BUDGET_EXHAUSTED",
+    -32012: "HOOK_DENIED",
+    -32013: "AGENT_ERROR",
+    -32020: "CAPABILITY_UNAVAILABLE",
+    -32021: "SKILL_NOT_FOUND",
+    -32022: "SKILL_RESOLUTION_FAILED",
+}
+
+_ERROR_CLASSES: Dict[str, Type[MeerkatError]] = {
+    "SESSION_NOT_FOUND": SessionNotFoundError,
+    "CAPABILITY_UNAVAILABLE": CapabilityUnavailableError,
+    "SKILL_NOT_FOUND": SkillNotFoundError,
+}
+
+
+def error_from_rpc(error: Any) -> MeerkatError:
+    """Build the matching exception from a JSON-RPC ``error`` object, tolerating bad shapes."""
+    if not isinstance(error, dict):
+        return MeerkatError("INVALID_RESPONSE", f"server sent a malformed error object: {error!r}")
+    raw_code = error.get("code")
+    message = error.get("message")
+    if not isinstance(message, str):
+        message = "server error without a message"
+    data = error.get("data")
+    if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+        name = RPC_ERROR_NAMES.get(raw_code, str(raw_code))
+        rpc_code: Optional[int] = raw_code
+    else:
+        name, rpc_code = "INVALID_RESPONSE", None
+        message = f"server error with a non-integer code {raw_code!r}: {message}"
+    details: Any = None
+    if isinstance(data, dict):
+        details = data.get("details", data)
+    elif data is not None:
+        details = data
+    cls = _ERROR_CLASSES.get(name, MeerkatError)
+    return cls(name, message, details, rpc_code=rpc_code, data=data)

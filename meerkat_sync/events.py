@@ -1,0 +1,380 @@
+"""Typed agent events (the 31 AgentEvent variants of rkat-rpc 0.5.0, PROTOCOL.md §6).
+
+Every field has a default, so an event with a missing field still parses; an event type
+this client does not know becomes :class:`UnknownEvent` instead of an error. All classes
+are frozen slotted attrs classes, so ``match event: case TextDelta(delta=chunk)`` works.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Type, TypeVar
+
+import attrs
+
+from .types import Usage
+
+__all__ = [
+    "EVENT_TYPES",
+    "BudgetWarning",
+    "CompactionCompleted",
+    "CompactionFailed",
+    "CompactionStarted",
+    "Event",
+    "EventEnvelope",
+    "HookCompleted",
+    "HookDenied",
+    "HookFailed",
+    "HookPatchPublished",
+    "HookRewriteApplied",
+    "HookStarted",
+    "InteractionComplete",
+    "InteractionFailed",
+    "ReasoningComplete",
+    "ReasoningDelta",
+    "Retrying",
+    "RunCompleted",
+    "RunFailed",
+    "RunStarted",
+    "SkillResolutionFailed",
+    "SkillsResolved",
+    "StreamTruncated",
+    "TextComplete",
+    "TextDelta",
+    "ToolCallRequested",
+    "ToolConfigChanged",
+    "ToolConfigChangedPayload",
+    "ToolExecutionCompleted",
+    "ToolExecutionStarted",
+    "ToolExecutionTimedOut",
+    "ToolResultReceived",
+    "TurnCompleted",
+    "TurnStarted",
+    "UnknownEvent",
+    "parse_envelope",
+    "parse_event",
+]
+
+
+@attrs.frozen
+class Event:
+    """Base class of every event; ``type`` is the wire discriminator."""
+
+    type: ClassVar[str] = ""
+
+
+#: Wire ``type`` → event class, for every variant this client knows.
+EVENT_TYPES: Dict[str, Type[Event]] = {}
+
+_E = TypeVar("_E", bound=Event)
+
+
+def _variant(tag: str) -> Callable[[Type[_E]], Type[_E]]:
+    def register(cls: Type[_E]) -> Type[_E]:
+        cls.type = tag
+        EVENT_TYPES[tag] = cls
+        return cls
+
+    return register
+
+
+# --- session lifecycle -------------------------------------------------------------------
+
+
+@_variant("run_started")
+@attrs.frozen
+class RunStarted(Event):
+    session_id: str = ""
+    prompt: str = ""
+
+
+@_variant("run_completed")
+@attrs.frozen
+class RunCompleted(Event):
+    session_id: str = ""
+    result: str = ""
+    usage: Usage = attrs.Factory(Usage)
+
+
+@_variant("run_failed")
+@attrs.frozen
+class RunFailed(Event):
+    session_id: str = ""
+    error: str = ""
+
+
+# --- hooks -------------------------------------------------------------------------------
+
+
+@_variant("hook_started")
+@attrs.frozen
+class HookStarted(Event):
+    hook_id: str = ""
+    point: str = ""
+
+
+@_variant("hook_completed")
+@attrs.frozen
+class HookCompleted(Event):
+    hook_id: str = ""
+    point: str = ""
+    duration_ms: int = 0
+
+
+@_variant("hook_failed")
+@attrs.frozen
+class HookFailed(Event):
+    hook_id: str = ""
+    point: str = ""
+    error: str = ""
+
+
+@_variant("hook_denied")
+@attrs.frozen
+class HookDenied(Event):
+    hook_id: str = ""
+    point: str = ""
+    reason_code: str = ""
+    message: str = ""
+    payload: Any = None
+
+
+@_variant("hook_rewrite_applied")
+@attrs.frozen
+class HookRewriteApplied(Event):
+    hook_id: str = ""
+    point: str = ""
+    patch: Dict[str, Any] = attrs.Factory(dict)
+
+
+@_variant("hook_patch_published")
+@attrs.frozen
+class HookPatchPublished(Event):
+    hook_id: str = ""
+    point: str = ""
+    envelope: Dict[str, Any] = attrs.Factory(dict)
+
+
+# --- LLM interaction ----------------------------------------------------------------------
+
+
+@_variant("turn_started")
+@attrs.frozen
+class TurnStarted(Event):
+    """``turn_number`` is 0-based on the 0.5.0 wire."""
+
+    turn_number: int = 0
+
+
+@_variant("reasoning_delta")
+@attrs.frozen
+class ReasoningDelta(Event):
+    delta: str = ""
+
+
+@_variant("reasoning_complete")
+@attrs.frozen
+class ReasoningComplete(Event):
+    content: str = ""
+
+
+@_variant("text_delta")
+@attrs.frozen
+class TextDelta(Event):
+    delta: str = ""
+
+
+@_variant("text_complete")
+@attrs.frozen
+class TextComplete(Event):
+    content: str = ""
+
+
+@_variant("tool_call_requested")
+@attrs.frozen
+class ToolCallRequested(Event):
+    id: str = ""
+    name: str = ""
+    args: Any = None
+
+
+@_variant("tool_result_received")
+@attrs.frozen
+class ToolResultReceived(Event):
+    id: str = ""
+    name: str = ""
+    is_error: bool = False
+
+
+@_variant("turn_completed")
+@attrs.frozen
+class TurnCompleted(Event):
+    stop_reason: str = ""
+    usage: Usage = attrs.Factory(Usage)
+
+
+# --- tool execution -----------------------------------------------------------------------
+
+
+@_variant("tool_execution_started")
+@attrs.frozen
+class ToolExecutionStarted(Event):
+    id: str = ""
+    name: str = ""
+
+
+@_variant("tool_execution_completed")
+@attrs.frozen
+class ToolExecutionCompleted(Event):
+    id: str = ""
+    name: str = ""
+    result: str = ""
+    is_error: bool = False
+    duration_ms: int = 0
+    has_images: bool = False
+
+
+@_variant("tool_execution_timed_out")
+@attrs.frozen
+class ToolExecutionTimedOut(Event):
+    id: str = ""
+    name: str = ""
+    timeout_ms: int = 0
+
+
+# --- compaction, budget, retry ------------------------------------------------------------
+
+
+@_variant("compaction_started")
+@attrs.frozen
+class CompactionStarted(Event):
+    input_tokens: int = 0
+    estimated_history_tokens: int = 0
+    message_count: int = 0
+
+
+@_variant("compaction_completed")
+@attrs.frozen
+class CompactionCompleted(Event):
+    summary_tokens: int = 0
+    messages_before: int = 0
+    messages_after: int = 0
+
+
+@_variant("compaction_failed")
+@attrs.frozen
+class CompactionFailed(Event):
+    error: str = ""
+
+
+@_variant("budget_warning")
+@attrs.frozen
+class BudgetWarning(Event):
+    budget_type: str = ""
+    used: int = 0
+    limit: int = 0
+    percent: float = 0.0
+
+
+@_variant("retrying")
+@attrs.frozen
+class Retrying(Event):
+    attempt: int = 0
+    max_attempts: int = 0
+    error: str = ""
+    delay_ms: int = 0
+
+
+# --- skills, interactions, streams, tool config -------------------------------------------
+
+
+@_variant("skills_resolved")
+@attrs.frozen
+class SkillsResolved(Event):
+    skills: List[str] = attrs.Factory(list)
+    injection_bytes: int = 0
+
+
+@_variant("skill_resolution_failed")
+@attrs.frozen
+class SkillResolutionFailed(Event):
+    reference: str = ""
+    error: str = ""
+
+
+@_variant("interaction_complete")
+@attrs.frozen
+class InteractionComplete(Event):
+    interaction_id: str = ""
+    result: str = ""
+
+
+@_variant("interaction_failed")
+@attrs.frozen
+class InteractionFailed(Event):
+    interaction_id: str = ""
+    error: str = ""
+
+
+@_variant("stream_truncated")
+@attrs.frozen
+class StreamTruncated(Event):
+    reason: str = ""
+
+
+@attrs.frozen
+class ToolConfigChangedPayload:
+    operation: str = ""
+    target: str = ""
+    status: str = ""
+    persisted: bool = False
+    applied_at_turn: Optional[int] = None
+
+
+@_variant("tool_config_changed")
+@attrs.frozen
+class ToolConfigChanged(Event):
+    payload: ToolConfigChangedPayload = attrs.Factory(ToolConfigChangedPayload)
+
+
+# --- forward compatibility ----------------------------------------------------------------
+
+
+@attrs.frozen
+class UnknownEvent(Event):
+    """An event this client cannot type: a newer variant, or one whose fields do not fit.
+
+    ``type`` is the wire discriminator (instance attribute here) and ``data`` the raw payload.
+    """
+
+    type: str = ""  # type: ignore[misc]
+    data: Dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class EventEnvelope:
+    """Delivery metadata around an event (``session/event`` params, PROTOCOL.md §5.1)."""
+
+    event_id: str = ""
+    source_id: str = ""
+    seq: int = 0
+    timestamp_ms: int = 0
+    mob_id: Optional[str] = None
+    payload: Event = attrs.Factory(UnknownEvent)
+
+
+def parse_event(raw: Mapping[str, Any]) -> Event:
+    """Type an event given either as a 0.5.0 envelope or as a bare ``{"type": ...}`` payload."""
+    from ._converter import structure_event
+
+    if "type" not in raw:
+        payload = raw.get("payload")
+        if isinstance(payload, Mapping):
+            return structure_event(payload)
+    return structure_event(raw)
+
+
+def parse_envelope(raw: Mapping[str, Any]) -> EventEnvelope:
+    """Type a whole envelope; a bare event gets an envelope with empty metadata."""
+    from ._converter import structure_envelope
+
+    return structure_envelope(raw)
