@@ -8,6 +8,7 @@ hold a tiny shell script standing in for rkat-rpc (it starts the scripted fake r
 from __future__ import annotations
 
 import collections
+import gzip
 import hashlib
 import io
 import os
@@ -63,8 +64,9 @@ def file_member(name: str, data: bytes) -> Member:
 
 
 def make_tar(members: List[Member]) -> bytes:
+    """A ``.tar.gz``, byte-for-byte reproducible (the gzip header's mtime is fixed)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, data, kind, linkname in members:
             info = tarfile.TarInfo(name)
             info.mtime = 1_700_000_000
@@ -81,7 +83,7 @@ def make_tar(members: List[Member]) -> bytes:
             }[kind]
             info.linkname = linkname
             tar.addfile(info)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 def make_zip(members: List[Member]) -> bytes:
@@ -238,7 +240,7 @@ class ReleaseServer:
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
             self.scheme = "https"
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     @property

@@ -494,7 +494,7 @@ HOLD_LOCK = textwrap.dedent(
 )
 
 
-def _hold_lock(settings: DownloadSettings) -> "subprocess.Popen[str]":
+def _hold_lock(settings: DownloadSettings) -> subprocess.Popen[str]:
     entry = cache_entry(settings, LINUX)
     os.makedirs(entry.directory, exist_ok=True)
     temp = os.path.join(entry.directory, f"{TEMP_PREFIX}killed.archive")

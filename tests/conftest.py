@@ -1,0 +1,22 @@
+"""Shared fixtures: every client test runs the scripted runtime as a real child process."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import pytest
+
+from meerkat_sync import MeerkatClient
+from meerkat_sync.testing import scripted_client
+
+
+def fake(**spec: Any) -> str:
+    """A prompt that scripts its own reply (the runtime's inline ``fake:`` directive)."""
+    return "fake:" + json.dumps(spec)
+
+
+@pytest.fixture
+def client() -> Iterator[MeerkatClient]:
+    with scripted_client(request_timeout=10.0, turn_timeout=30.0) as c:
+        yield c
