@@ -41,9 +41,9 @@ def _client(args: argparse.Namespace) -> MeerkatClient:
         try:
             resolve_rkat_rpc(download=args.download)
             return MeerkatClient()
-        except MeerkatError as exc:
+        except MeerkatError:
             print(
-                f"note: no rkat-rpc found ({exc.message.splitlines()[0]}); "
+                "note: rkat-rpc not found (`python -m meerkat_sync --which` says where it looked); "
                 "using the bundled scripted runtime, which replies without calling a model",
                 file=sys.stderr,
             )

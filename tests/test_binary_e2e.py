@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - only while the client is being 
     pytest.skip(f"the client is not importable yet: {exc}", allow_module_level=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
 

@@ -310,25 +310,6 @@ def test_capabilities_shape(shared: Wire) -> None:
     assert all(status[c] == "Available" for c in CAPABILITY_IDS if c not in ("builtins", "shell"))
 
 
-def test_fake_only_handshake_flags(spawn: Callable[..., Wire]) -> None:
-    wire = spawn(
-        "--contract-version", "0.6.0",
-        "--capability-status", "builtins=Available",
-        "--capability-status", "shell=Absent",
-        "--capability-status", "skills=NotCompiled",
-        "--capability-status", "future_cap=Experimental",
-    )
-    assert wire.result("initialize")["contract_version"] == "0.6.0"
-    result = wire.result("capabilities/get")
-    assert result["contract_version"] == {"major": 0, "minor": 6, "patch": 0}
-    status = {c["id"]: c["status"] for c in result["capabilities"]}
-    assert "shell" not in status
-    assert status["builtins"] == "Available"
-    assert status["skills"] == {"NotCompiled": {"feature": "skills"}}
-    assert status["future_cap"] == "Experimental"
-    assert wire.close() == 0
-
-
 def test_no_answer_initialize(spawn: Callable[..., Wire]) -> None:
     wire = spawn("--no-answer-initialize")
     init_id = wire.request("initialize", {})
@@ -891,6 +872,18 @@ def test_unsolicited_run_after_response(shared: Wire) -> None:
     assert after[-1]["payload"]["result"] == "theirs"
 
 
+def test_stderr_bytes(shared: Wire) -> None:
+    before = len(shared.stderr)
+    result, _ = create(shared, fake({"stderr_bytes": 5000}))
+    assert result["text"].startswith("Echo: fake:")
+    deadline = time.monotonic() + TIMEOUT
+    while len(shared.stderr) < before + 5000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    written = bytes(shared.stderr[before:])
+    assert len(written) == 5000 and written.endswith(b"\n")
+    assert all(len(line) <= 100 for line in written.split(b"\n"))
+
+
 def test_bulk_and_big_delta(shared: Wire) -> None:
     result, _ = create(shared)
     sid = result["session_id"]
@@ -957,11 +950,6 @@ def test_script_file_rules_replies_default(spawn: Callable[..., Wire], tmp_path:
     assert texts == ["Sunny", "second", "fallback", "inline wins"]
     assert wire.close() == 0
 
-    # The environment variable works too.
-    env_wire = spawn(env={"MEERKAT_FAKE_SCRIPT": str(path)})
-    assert create(env_wire, "weather?")[0]["text"] == "Sunny"
-    assert env_wire.close() == 0
-
 
 # -- process lifecycle -------------------------------------------------------------------
 
@@ -1000,14 +988,6 @@ def test_close_stdout_keeps_running_until_eof(spawn: Callable[..., Wire]) -> Non
     assert wire.close() == 0
 
 
-def test_stderr_bytes(spawn: Callable[..., Wire]) -> None:
-    wire = spawn()
-    result, _ = create(wire, fake({"stderr_bytes": 5000}))
-    assert result["text"].startswith("Echo: fake:")
-    assert wire.close() == 0
-    assert len(wire.stderr) == 5000 and wire.stderr.endswith(b"\n")
-
-
 def test_invalid_utf8_is_fatal(spawn: Callable[..., Wire]) -> None:
     wire = spawn()
     wire.response(wire.request("initialize"))
@@ -1017,35 +997,27 @@ def test_invalid_utf8_is_fatal(spawn: Callable[..., Wire]) -> None:
     assert wire.stderr.startswith(b"Error: ")
 
 
-FLAG_CASES: List[Tuple[List[str], int, str, bytes]] = [
+PROCESS_FLAG_CASES: List[Tuple[List[str], int, str, bytes]] = [
     (["--realm", "_bad"], 1, "stderr", b"Error: "),
-    (["--realm", "has:colon"], 1, "stderr", b"Error: "),
-    (["--realm", str(uuid.UUID(int=5))], 1, "stderr", b"Error: "),
-    (["--realm", "x" * 65], 1, "stderr", b"Error: "),
-    (["--realm", "ok", "--isolated"], 1, "stderr", b"Error: "),
-    (["--script", "/nonexistent/script.json"], 1, "stderr", b"Error: "),
     (["--bogus-flag"], 2, "stderr", b"usage:"),
-    (["--realm-backend", "mysql"], 2, "stderr", b"usage:"),
-    (["--capability-status", "nonsense"], 2, "stderr", b"usage:"),
     (["--exit-before-initialize", "7"], 7, "stderr", b"Error: "),
-    (["--help"], 0, "stdout", b"--realm"),
     (["--version"], 0, "stdout", b"rkat-rpc 0.5.0"),
 ]
 
 
 @pytest.fixture(scope="module")
-def flag_runs() -> Iterator[Dict[int, Tuple[int, bytes, bytes]]]:
-    """All flag cases started at once: start-up dominates, so run them in parallel."""
+def flag_runs() -> Iterator[List[Tuple[int, bytes, bytes]]]:
+    """The process-level cases, started together (start-up time dominates)."""
     procs = [
         subprocess.Popen(cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
-        for args, _, _, _ in FLAG_CASES
+        for args, _, _, _ in PROCESS_FLAG_CASES
     ]
-    results: Dict[int, Tuple[int, bytes, bytes]] = {}
     try:
-        for index, proc in enumerate(procs):
+        results = []
+        for proc in procs:
             out, err = proc.communicate(timeout=TIMEOUT)
-            results[index] = (proc.returncode, out, err)
+            results.append((proc.returncode, out, err))
         yield results
     finally:
         for proc in procs:
@@ -1054,9 +1026,9 @@ def flag_runs() -> Iterator[Dict[int, Tuple[int, bytes, bytes]]]:
                 proc.wait()
 
 
-@pytest.mark.parametrize("case", range(len(FLAG_CASES)), ids=lambda i: " ".join(FLAG_CASES[i][0])[:40])
-def test_flag_validation(flag_runs: Dict[int, Tuple[int, bytes, bytes]], case: int) -> None:
-    _args, status, stream, needle = FLAG_CASES[case]
+@pytest.mark.parametrize("case", range(len(PROCESS_FLAG_CASES)))
+def test_flag_exit_status(flag_runs: List[Tuple[int, bytes, bytes]], case: int) -> None:
+    _args, status, stream, needle = PROCESS_FLAG_CASES[case]
     returncode, out, err = flag_runs[case]
     assert returncode == status
     assert needle in (out if stream == "stdout" else err)
@@ -1064,14 +1036,90 @@ def test_flag_validation(flag_runs: Dict[int, Tuple[int, bytes, bytes]], case: i
         assert out == b""  # failures never write to stdout
 
 
-def test_valid_flags_start(spawn: Callable[..., Wire], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "status", "needle"),
+    [
+        (["--realm", "has:colon"], 1, b"Error: invalid realm id"),
+        (["--realm", "has space"], 1, b"Error: invalid realm id"),
+        (["--realm", str(uuid.UUID(int=5))], 1, b"Error: invalid realm id"),
+        (["--realm", "x" * 65], 1, b"Error: invalid realm id"),
+        (["--realm", "ok", "--isolated"], 1, b"Error: "),
+        (["--script", "/nonexistent/script.json"], 1, b"Error: cannot read script"),
+        (["--realm-backend", "mysql"], 2, b"usage:"),
+        (["--capability-status", "nonsense"], 2, b"usage:"),
+        (["--exit-before-initialize", "x"], 2, b"usage:"),
+    ],
+)
+def test_flag_validation_in_process(
+    capsysbinary: pytest.CaptureFixture[bytes], args: List[str], status: int, needle: bytes
+) -> None:
+    from meerkat_sync.testing.fake_rkat import main
+
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
+    captured = capsysbinary.readouterr()
+    assert code == status
+    assert needle in captured.err and captured.out == b""
+
+
+def test_valid_realm_ids_accepted() -> None:
+    from meerkat_sync.testing import fake_rkat
+
+    parser = fake_rkat._parser()
+    for realm in ("demo", "team-alpha", "A_1", "9" * 64):
+        args = parser.parse_args(["--realm", realm])
+        assert fake_rkat._build_config(args, parser).realm == realm
+    default = fake_rkat._build_config(parser.parse_args([]), parser).realm
+    assert re.match(r"^realm-[0-9a-f]{8}-[0-9a-f]{4}-7", default)
+
+
+def test_invalid_script_is_startup_error(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    from meerkat_sync.testing.fake_rkat import main
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"replies": [{"txt": "typo"}]}))
+    assert main(["--script", str(path)]) == 1
+    assert b"unknown field(s) in reply spec: txt" in capsysbinary.readouterr().err
+
+
+def test_script_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meerkat_sync.testing import fake_rkat
+
+    path = tmp_path / "env.json"
+    path.write_text(json.dumps({"default": {"text": "from env"}}))
+    monkeypatch.setenv("MEERKAT_FAKE_SCRIPT", str(path))
+    parser = fake_rkat._parser()
+    config = fake_rkat._build_config(parser.parse_args([]), parser)
+    assert config.script.select("anything").text == "from env"
+
+
+def test_startup_flags_and_fake_handshake_overrides(
+    spawn: Callable[..., Wire], tmp_path: Path
+) -> None:
     wire = spawn(
         "--isolated", "--instance", "i1", "--realm-backend", "sqlite",
         "--state-root", str(tmp_path), "--context-root", str(tmp_path),
         "--user-config-root", str(tmp_path),
+        "--contract-version", "0.6.0",
+        "--capability-status", "builtins=Available",
+        "--capability-status", "shell=Absent",
+        "--capability-status", "skills=NotCompiled",
+        "--capability-status", "future_cap=Experimental",
     )
-    result, _ = create(wire)
-    assert re.match(r"^realm-[0-9a-f-]{36}:", result["session_ref"])
+    assert wire.result("initialize")["contract_version"] == "0.6.0"
+    result = wire.result("capabilities/get")
+    assert result["contract_version"] == {"major": 0, "minor": 6, "patch": 0}
+    status = {c["id"]: c["status"] for c in result["capabilities"]}
+    assert "shell" not in status
+    assert status["builtins"] == "Available"
+    assert status["skills"] == {"NotCompiled": {"feature": "skills"}}
+    assert status["future_cap"] == "Experimental"
+    created, _ = create(wire)
+    assert re.match(r"^realm-[0-9a-f-]{36}:", created["session_ref"])
     assert wire.close() == 0
 
 
