@@ -289,7 +289,9 @@ def _locked(entry: CacheEntry, settings: DownloadSettings) -> Iterator[None]:
 # --------------------------------------------------------------------------- the order
 
 
-def _not_found(tried: List[str], extra: Optional[Dict[str, Any]] = None) -> MeerkatError:
+def _not_found(
+    tried: List[str], allow: str, extra: Optional[Dict[str, Any]] = None
+) -> MeerkatError:
     places = "\n".join(f"  - {line}" for line in tried)
     details: Dict[str, Any] = {"tried": list(tried)}
     details.update(extra or {})
@@ -297,7 +299,7 @@ def _not_found(tried: List[str], extra: Optional[Dict[str, Any]] = None) -> Meer
         "BINARY_NOT_FOUND",
         f"could not find rkat-rpc {RKAT_RPC_VERSION}. Tried:\n{places}\nTo fix: install "
         f"rkat-rpc {RKAT_RPC_VERSION} and put it on PATH, set MEERKAT_BIN_PATH to its full path, "
-        "or allow meerkat-sync to download it (unset MEERKAT_NO_DOWNLOAD)",
+        f"or {allow}",
         details,
     )
 
@@ -360,7 +362,10 @@ def _resolve(
             "into": entry.binary,
             "digest": "pinned in this package" if pin is not None else urls.checksums_url,
         }
-        raise _not_found(tried, None if settings.no_download else {"would_download": plan})
+        if settings.no_download:
+            raise _not_found(tried, "allow the verified download (unset MEERKAT_NO_DOWNLOAD)")
+        raise _not_found(tried, "allow the verified download (download=True)",
+                         {"would_download": plan})
 
     check_https(settings.base_url)
     with _locked(entry, settings):
@@ -426,7 +431,7 @@ def describe_resolution(
         tried = details.get("tried")
         if isinstance(tried, list) and (exc.code != "BINARY_NOT_FOUND" or plan is not None):
             lines.append("  tried:")
-            lines.extend(f"    - {line}" for line in tried)
+            lines.extend(f"    - {line}" for line in tried if not line.startswith("download"))
         return "\n".join(lines)
     return "\n".join([found.path, f"  source: {found.source}", f"  why: {found.detail}"])
 

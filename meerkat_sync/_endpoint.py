@@ -85,11 +85,11 @@ class Endpoint:
                 if self._closed is not None:  # fail_all ran while we encoded
                     raise self._closed
                 self._pending[request_id] = pending
-            if before_send is not None:
-                before_send(request_id)
             try:
+                if before_send is not None:
+                    before_send(request_id)
                 self._send(data)
-            except MeerkatError:
+            except BaseException:
                 self.forget(request_id)
                 raise
         return request_id, pending.future

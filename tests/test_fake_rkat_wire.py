@@ -8,6 +8,7 @@ start their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,23 +28,80 @@ UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[
 REALM = "wiretest"
 
 EXPECTED_METHODS = [
-    "initialized", "initialize", "session/create", "session/list", "session/read",
-    "session/history", "blob/get", "session/archive", "session/external_event",
-    "session/inject_context", "session/stream_open", "session/stream_close",
-    "turn/start", "turn/interrupt", "config/get", "config/set", "config/patch",
-    "capabilities/get", "models/catalog", "skills/list", "skills/inspect", "tools/register",
-    "runtime/state", "runtime/accept", "runtime/retire", "runtime/reset", "input/state",
-    "input/list", "mob/prefabs", "mob/create", "mob/list", "mob/status", "mob/lifecycle",
-    "mob/spawn", "mob/spawn_many", "mob/retire", "mob/respawn", "mob/wire", "mob/unwire",
-    "mob/members", "mob/send", "mob/events", "mob/append_system_context", "mob/flows",
-    "mob/flow_run", "mob/flow_status", "mob/flow_cancel", "mob/spawn_helper",
-    "mob/fork_helper", "mob/force_cancel", "mob/member_status", "mob/tools", "mob/call",
-    "mob/stream_open", "mob/stream_close", "mcp/add", "mcp/remove", "mcp/reload",
-    "comms/send", "comms/peers",
+    "initialized",
+    "initialize",
+    "session/create",
+    "session/list",
+    "session/read",
+    "session/history",
+    "blob/get",
+    "session/archive",
+    "session/external_event",
+    "session/inject_context",
+    "session/stream_open",
+    "session/stream_close",
+    "turn/start",
+    "turn/interrupt",
+    "config/get",
+    "config/set",
+    "config/patch",
+    "capabilities/get",
+    "models/catalog",
+    "skills/list",
+    "skills/inspect",
+    "tools/register",
+    "runtime/state",
+    "runtime/accept",
+    "runtime/retire",
+    "runtime/reset",
+    "input/state",
+    "input/list",
+    "mob/prefabs",
+    "mob/create",
+    "mob/list",
+    "mob/status",
+    "mob/lifecycle",
+    "mob/spawn",
+    "mob/spawn_many",
+    "mob/retire",
+    "mob/respawn",
+    "mob/wire",
+    "mob/unwire",
+    "mob/members",
+    "mob/send",
+    "mob/events",
+    "mob/append_system_context",
+    "mob/flows",
+    "mob/flow_run",
+    "mob/flow_status",
+    "mob/flow_cancel",
+    "mob/spawn_helper",
+    "mob/fork_helper",
+    "mob/force_cancel",
+    "mob/member_status",
+    "mob/tools",
+    "mob/call",
+    "mob/stream_open",
+    "mob/stream_close",
+    "mcp/add",
+    "mcp/remove",
+    "mcp/reload",
+    "comms/send",
+    "comms/peers",
 ]
 CAPABILITY_IDS = [
-    "sessions", "streaming", "structured_output", "hooks", "builtins", "shell", "comms",
-    "memory_store", "session_store", "session_compaction", "skills", "mcp_live",
+    "sessions",
+    "streaming",
+    "structured_output",
+    "hooks",
+    "builtins",
+    "shell",
+    "comms",
+    "memory_store",
+    "session_store",
+    "session_compaction",
+    "skills",
+    "mcp_live",
 ]
 OVERRIDE_MESSAGE = (
     "Cannot override max_tokens, system_prompt, output_schema, or structured_output_retries"
@@ -136,9 +194,7 @@ class Wire:
 
     # -- receiving ------------------------------------------------------------------------
 
-    def wait(
-        self, pred: Callable[[Any], bool], start: int = 0, timeout: float = TIMEOUT
-    ) -> int:
+    def wait(self, pred: Callable[[Any], bool], start: int = 0, timeout: float = TIMEOUT) -> int:
         """Index of the first logged message at or after ``start`` matching ``pred``."""
         deadline = time.monotonic() + timeout
         index = start
@@ -187,10 +243,12 @@ class Wire:
 
     def event_index(self, session_id: str, kind: str, start: int = 0) -> int:
         return self.wait(
-            lambda m: isinstance(m, dict)
-            and m.get("method") == "session/event"
-            and m["params"]["session_id"] == session_id
-            and m["params"]["event"]["payload"]["type"] == kind,
+            lambda m: (
+                isinstance(m, dict)
+                and m.get("method") == "session/event"
+                and m["params"]["session_id"] == session_id
+                and m["params"]["event"]["payload"]["type"] == kind
+            ),
             start=start,
         )
 
@@ -204,10 +262,8 @@ class Wire:
 
     def close(self, timeout: float = TIMEOUT) -> int:
         if self.proc.poll() is None and self.proc.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            except OSError:
-                pass
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -224,10 +280,8 @@ class Wire:
         self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
 
 
 def is_response(message: Any, req_id: Any) -> bool:
@@ -303,9 +357,7 @@ def test_capabilities_shape(shared: Wire) -> None:
         assert set(cap) == {"id", "description", "status"}
         assert isinstance(cap["description"], str) and cap["description"]
     status = {c["id"]: c["status"] for c in caps}
-    assert status["builtins"] == {
-        "DisabledByPolicy": {"description": "tools.builtins_enabled = false"}
-    }
+    assert status["builtins"] == {"DisabledByPolicy": {"description": "tools.builtins_enabled = false"}}
     assert status["shell"] == {"DisabledByPolicy": {"description": "tools.shell_enabled = false"}}
     assert all(status[c] == "Available" for c in CAPABILITY_IDS if c not in ("builtins", "shell"))
 
@@ -338,8 +390,15 @@ def test_immediate_create_events_and_run_result(shared: Wire) -> None:
     }
     events = shared.events(sid, start, index)
     assert types(events) == [
-        "run_started", "turn_started", "text_delta", "text_delta", "text_delta", "text_delta",
-        "text_complete", "turn_completed", "run_completed",
+        "run_started",
+        "turn_started",
+        "text_delta",
+        "text_delta",
+        "text_delta",
+        "text_delta",
+        "text_complete",
+        "turn_completed",
+        "run_completed",
     ]
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(events) + 1))
@@ -356,17 +415,21 @@ def test_immediate_create_events_and_run_result(shared: Wire) -> None:
     assert "".join(deltas) == result["text"]
     assert payloads[6] == {"type": "text_complete", "content": result["text"]}
     event_usage = {
-        "input_tokens": 3, "output_tokens": 4,
-        "cache_creation_tokens": None, "cache_read_tokens": None,
+        "input_tokens": 3,
+        "output_tokens": 4,
+        "cache_creation_tokens": None,
+        "cache_read_tokens": None,
     }
     assert payloads[7] == {"type": "turn_completed", "stop_reason": "end_turn", "usage": event_usage}
     assert payloads[8] == {
-        "type": "run_completed", "session_id": sid, "result": result["text"], "usage": event_usage,
+        "type": "run_completed",
+        "session_id": sid,
+        "result": result["text"],
+        "usage": event_usage,
     }
     # Notification framing.
     note = next(
-        m for m in shared.log[start:index]
-        if isinstance(m, dict) and m.get("method") == "session/event"
+        m for m in shared.log[start:index] if isinstance(m, dict) and m.get("method") == "session/event"
     )
     assert set(note) == {"jsonrpc", "method", "params"}
     assert set(note["params"]) == {"session_id", "event"}
@@ -381,9 +444,7 @@ def test_block_prompt_and_image_validation(shared: Wire) -> None:
     start = shared.mark()
     result, index = create(shared, blocks)
     assert result["text"] == "Echo: first\nsecond"
-    assert shared.events(result["session_id"], start, index)[0]["payload"]["prompt"] == (
-        "first\nsecond"
-    )
+    assert shared.events(result["session_id"], start, index)[0]["payload"]["prompt"] == ("first\nsecond")
     bad = [{"type": "image", "media_type": "image/png", "data": "aGk="}]
     code, message = shared.error("session/create", {"prompt": bad})
     assert code == -32602
@@ -394,7 +455,8 @@ def test_create_param_errors(shared: Wire) -> None:
     assert shared.error("session/create") == (-32602, "Missing params")
     assert shared.error("session/create", None) == (-32602, "Missing params")
     assert shared.error("session/create", {}) == (
-        -32602, "Invalid params: missing field `prompt`",
+        -32602,
+        "Invalid params: missing field `prompt`",
     )
     code, message = shared.error("session/create", {"prompt": "x", "keep_alive": None})
     assert code == -32602 and message.startswith("Invalid params: ")
@@ -404,9 +466,7 @@ def test_create_param_errors(shared: Wire) -> None:
 
 def test_deferred_create_and_merged_prompt(shared: Wire) -> None:
     start = shared.mark()
-    req_id = shared.request(
-        "session/create", {"prompt": "Define meerkat", "initial_turn": "deferred"}
-    )
+    req_id = shared.request("session/create", {"prompt": "Define meerkat", "initial_turn": "deferred"})
     index = shared.response_index(req_id)
     result = shared.log[index]["result"]
     sid = result["session_id"]
@@ -441,6 +501,35 @@ def test_deferred_create_and_merged_prompt(shared: Wire) -> None:
         "role": "user",
         "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}],
     }
+
+
+def test_keep_alive_create(shared: Wire) -> None:
+    empty_usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    mark = shared.mark()
+    req_id = shared.request("session/create", {"prompt": "hi", "keep_alive": True})
+    index = shared.response_index(req_id)
+    result = shared.log[index]["result"]
+    assert (result["text"], result["turns"], result["tool_calls"]) == ("", 0, 0)
+    assert result["usage"] == empty_usage and len(result) == 6
+    # Without comms_name the background turn fails: only an error log line on stdout.
+    logs = [raw for raw, m in zip(shared.raw[mark:index], shared.log[mark:index]) if m is None]
+    assert any("ERROR" in line and "keep_alive requires comms_name" in line for line in logs)
+
+    mark = shared.mark()
+    req_id = shared.request("session/create", {"prompt": "hi", "keep_alive": True, "comms_name": "agent-a"})
+    result = shared.response(req_id)["result"]
+    sid = result["session_id"]
+    assert result["text"] == "" and result["usage"] == empty_usage
+    end = shared.event_index(sid, "run_completed", mark)
+    assert shared.log[end]["params"]["event"]["payload"]["result"] == "Echo: hi"
+    assert shared.result("turn/start", {"session_id": sid, "prompt": "x", "keep_alive": True})
+
+    req_id = shared.request("session/create", {"prompt": "p", "initial_turn": "deferred"})
+    deferred = shared.response(req_id)["result"]["session_id"]
+    assert shared.error("turn/start", {"session_id": deferred, "prompt": "x", "keep_alive": True}) == (
+        -32602,
+        "keep_alive requires a session created with comms_name",
+    )
 
 
 # -- turn/start --------------------------------------------------------------------------
@@ -481,8 +570,18 @@ def test_turn_overrides_rejected(shared: Wire) -> None:
         ("structured_output_retries", 1),
     ]:
         assert shared.error("turn/start", {"session_id": sid, "prompt": "p", key: value}) == (
-            -32602, OVERRIDE_MESSAGE,
+            -32602,
+            OVERRIDE_MESSAGE,
         )
+
+
+def test_model_override_switches_session_model(shared: Wire) -> None:
+    result, _ = create(shared)
+    sid = result["session_id"]
+    assert shared.result("session/read", {"session_id": sid})["model"] == "claude-opus-4-6"
+    shared.result("turn/start", {"session_id": sid, "prompt": "p", "model": "gemini-2.5-pro"})
+    info = shared.result("session/read", {"session_id": sid})
+    assert (info["model"], info["provider"]) == ("gemini-2.5-pro", "gemini")
 
 
 def test_provider_without_model_fails_turn(shared: Wire) -> None:
@@ -523,17 +622,17 @@ def test_cancel_before_start_and_while_running(shared: Wire) -> None:
     assert not any(is_response(m, queued) for m in shared.log)
     shared.notify("cancel", {"request_id": queued})
     assert shared.response(queued)["error"] == {
-        "code": -32005, "message": "request cancelled before start",
+        "code": -32005,
+        "message": "request cancelled before start",
     }
     shared.notify("cancel", {"request_id": running})
     assert shared.response(running)["error"] == {
-        "code": -32005, "message": "request cancelled before response publish",
+        "code": -32005,
+        "message": "request cancelled before response publish",
     }
     assert types(shared.events(sid, mark))[-1] == "run_failed"
     # The session stays usable.
-    assert shared.result("turn/start", {"session_id": sid, "prompt": "again"})["text"] == (
-        "Echo: again"
-    )
+    assert shared.result("turn/start", {"session_id": sid, "prompt": "again"})["text"] == ("Echo: again")
 
 
 def test_cancel_running_create_archives_session(shared: Wire) -> None:
@@ -542,9 +641,11 @@ def test_cancel_running_create_archives_session(shared: Wire) -> None:
         "session/create", {"prompt": fake({"hang": True}), "labels": {"t": "cancel-create"}}
     )
     index = shared.wait(
-        lambda m: isinstance(m, dict)
-        and m.get("method") == "session/event"
-        and m["params"]["event"]["payload"]["type"] == "turn_started",
+        lambda m: (
+            isinstance(m, dict)
+            and m.get("method") == "session/event"
+            and m["params"]["event"]["payload"]["type"] == "turn_started"
+        ),
         start=mark,
     )
     sid = shared.log[index]["params"]["session_id"]
@@ -553,7 +654,8 @@ def test_cancel_running_create_archives_session(shared: Wire) -> None:
     listed = shared.result("session/list", {"labels": {"t": "cancel-create"}})
     assert listed == {"sessions": []}
     assert shared.error("session/read", {"session_id": sid}) == (
-        -32001, f"Session not found: {sid}",
+        -32001,
+        f"Session not found: {sid}",
     )
 
 
@@ -566,10 +668,14 @@ def test_failed_run_and_failed_create(shared: Wire) -> None:
     )
     index = shared.response_index(req_id)
     assert shared.log[index]["error"] == {
-        "code": -32603, "message": "turn abandoned: apply failed: Apply failed: boom",
+        "code": -32603,
+        "message": "turn abandoned: apply failed: Apply failed: boom",
     }
     assert types(shared.events(sid, mark, index)) == [
-        "run_started", "turn_started", "text_delta", "run_failed",
+        "run_started",
+        "turn_started",
+        "text_delta",
+        "run_failed",
     ]
     assert shared.events(sid, mark, index)[-1]["payload"]["error"] == "boom"
     # A failed immediate create archives its session.
@@ -585,15 +691,20 @@ def test_failed_run_and_failed_create(shared: Wire) -> None:
 
 def test_list_read_history_archive(shared: Wire) -> None:
     labels = {"suite": "lrha"}
-    first, _ = create(shared, "alpha beta", labels=labels, system_prompt="You are terse.",
-                      model="gpt-5")
+    first, _ = create(shared, "alpha beta", labels=labels, system_prompt="You are terse.", model="gpt-5")
     second, _ = create(shared, "gamma", labels=labels)
     listed = shared.result("session/list", {"labels": labels})["sessions"]
     assert {s["session_id"] for s in listed} == {first["session_id"], second["session_id"]}
     for summary in listed:
         assert set(summary) == {
-            "session_id", "session_ref", "created_at", "updated_at", "message_count",
-            "total_tokens", "is_active", "labels",
+            "session_id",
+            "session_ref",
+            "created_at",
+            "updated_at",
+            "message_count",
+            "total_tokens",
+            "is_active",
+            "labels",
         }
         assert isinstance(summary["created_at"], int) and summary["created_at"] > 1.6e9
         assert summary["labels"] == labels and summary["is_active"] is False
@@ -638,7 +749,8 @@ def test_list_read_history_archive(shared: Wire) -> None:
 
     assert shared.result("session/archive", {"session_id": f"{REALM}:{sid}"}) == {"archived": True}
     assert shared.error("session/read", {"session_id": sid}) == (
-        -32001, f"Session not found: {sid}",
+        -32001,
+        f"Session not found: {sid}",
     )
     remaining = shared.result("session/list", {"labels": labels})["sessions"]
     assert [s["session_id"] for s in remaining] == [second["session_id"]]
@@ -722,8 +834,7 @@ def test_tools_register_without_id_is_answered(shared: Wire) -> None:
             "params": {"tools": [{"name": "t", "description": "d", "input_schema": {}}]},
         }
     )
-    index = shared.wait(lambda m: isinstance(m, dict) and m.get("result") == {"registered": 1},
-                        mark)
+    index = shared.wait(lambda m: isinstance(m, dict) and m.get("result") == {"registered": 1}, mark)
     assert shared.log[index]["id"] is None
 
 
@@ -770,11 +881,18 @@ def test_reasoning_extra_events_and_structured_output(shared: Wire) -> None:
     assert run["structured_output"] == {"answer": 42}
     assert run["schema_warnings"] == spec["schema_warnings"]
     assert run["usage"] == {
-        "input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cache_read_tokens": 7,
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "total_tokens": 15,
+        "cache_read_tokens": 7,
     }
     payloads = [e["payload"] for e in shared.events(sid, mark, index)]
     assert [p["type"] for p in payloads][:6] == [
-        "run_started", "turn_started", "brand_new_event", "reasoning_delta", "reasoning_delta",
+        "run_started",
+        "turn_started",
+        "brand_new_event",
+        "reasoning_delta",
+        "reasoning_delta",
         "reasoning_complete",
     ]
     assert payloads[2] == {"type": "brand_new_event", "x": 1}
@@ -796,9 +914,18 @@ def test_scripted_tool_calls(shared: Wire) -> None:
     run = shared.log[index]["result"]
     assert run["turns"] == 2 and run["tool_calls"] == 1 and run["text"] == "done"
     assert types(shared.events(sid, mark, index)) == [
-        "run_started", "turn_started", "tool_call_requested", "tool_execution_started",
-        "tool_execution_completed", "tool_result_received", "turn_completed", "turn_started",
-        "text_delta", "text_complete", "turn_completed", "run_completed",
+        "run_started",
+        "turn_started",
+        "tool_call_requested",
+        "tool_execution_started",
+        "tool_execution_completed",
+        "tool_result_received",
+        "turn_completed",
+        "turn_started",
+        "text_delta",
+        "text_complete",
+        "turn_completed",
+        "run_completed",
     ]
     payloads = [e["payload"] for e in shared.events(sid, mark, index)]
     completed = payloads[4]
@@ -810,14 +937,17 @@ def test_scripted_tool_calls(shared: Wire) -> None:
     assert history[1:] == [
         {
             "role": "block_assistant",
-            "blocks": [{"block_type": "tool_use",
-                        "data": {"id": "toolu_1", "name": "calc", "args": {"expr": "2+2"}}}],
+            "blocks": [
+                {"block_type": "tool_use", "data": {"id": "toolu_1", "name": "calc", "args": {"expr": "2+2"}}}
+            ],
             "stop_reason": "tool_use",
         },
-        {"role": "tool_results",
-         "results": [{"tool_use_id": "toolu_1", "content": "4", "is_error": False}]},
-        {"role": "block_assistant", "blocks": [{"block_type": "text", "data": {"text": "done"}}],
-         "stop_reason": "end_turn"},
+        {"role": "tool_results", "results": [{"tool_use_id": "toolu_1", "content": "4", "is_error": False}]},
+        {
+            "role": "block_assistant",
+            "blocks": [{"block_type": "text", "data": {"text": "done"}}],
+            "stop_reason": "end_turn",
+        },
     ]
 
 
@@ -828,10 +958,11 @@ def test_callbacks_round_trip(spawn: Callable[..., Wire]) -> None:
     spec = {
         "text": "ok",
         "callbacks": [
-            {"method": "tool/execute",
-             "params": {"tool_use_id": "tu_a", "name": "lookup", "arguments": {"q": "x"}}},
-            {"method": "tool/execute",
-             "params": {"tool_use_id": "tu_b", "name": "fail", "arguments": {}}},
+            {
+                "method": "tool/execute",
+                "params": {"tool_use_id": "tu_a", "name": "lookup", "arguments": {"q": "x"}},
+            },
+            {"method": "tool/execute", "params": {"tool_use_id": "tu_b", "name": "fail", "arguments": {}}},
         ],
     }
     mark = wire.mark()
@@ -839,7 +970,9 @@ def test_callbacks_round_trip(spawn: Callable[..., Wire]) -> None:
     first = wire.log[wire.wait(lambda m: isinstance(m, dict) and m.get("id") == "srv-0", mark)]
     second = wire.log[wire.wait(lambda m: isinstance(m, dict) and m.get("id") == "srv-1", mark)]
     assert first == {
-        "jsonrpc": "2.0", "id": "srv-0", "method": "tool/execute",
+        "jsonrpc": "2.0",
+        "id": "srv-0",
+        "method": "tool/execute",
         "params": {"tool_use_id": "tu_a", "name": "lookup", "arguments": {"q": "x"}},
     }
     assert second["params"]["name"] == "fail"
@@ -849,11 +982,13 @@ def test_callbacks_round_trip(spawn: Callable[..., Wire]) -> None:
     run = wire.log[index]["result"]
     assert run["turns"] == 2 and run["tool_calls"] == 2 and run["text"] == "ok"
     completed = [
-        e["payload"] for e in wire.events(sid, mark, index)
+        e["payload"]
+        for e in wire.events(sid, mark, index)
         if e["payload"]["type"] == "tool_execution_completed"
     ]
     assert [(c["id"], c["result"], c["is_error"]) for c in completed] == [
-        ("tu_a", "found", False), ("tu_b", "boom", True),
+        ("tu_a", "found", False),
+        ("tu_b", "boom", True),
     ]
     assert wire.close() == 0
 
@@ -901,28 +1036,22 @@ def test_bulk_and_big_delta(shared: Wire) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
     size = 3 * 1024 * 1024
-    req_id = shared.request(
-        "turn/start", {"session_id": sid, "prompt": fake({"big_delta_bytes": size})}
-    )
+    req_id = shared.request("turn/start", {"session_id": sid, "prompt": fake({"big_delta_bytes": size})})
     mark = shared.mark()
     index = shared.response_index(req_id)
     assert len(shared.log[index]["result"]["text"]) == size
-    delta_events = [
-        e for e in shared.events(sid, mark, index) if e["payload"]["type"] == "text_delta"
-    ]
+    delta_events = [e for e in shared.events(sid, mark, index) if e["payload"]["type"] == "text_delta"]
     assert [len(e["payload"]["delta"]) for e in delta_events] == [size]
 
 
 def test_max_sessions(spawn: Callable[..., Wire]) -> None:
     wire = spawn()
-    ids = [
-        wire.request("session/create", {"prompt": "p", "initial_turn": "deferred"})
-        for _ in range(64)
-    ]
+    ids = [wire.request("session/create", {"prompt": "p", "initial_turn": "deferred"}) for _ in range(64)]
     for req_id in ids:
         assert "result" in wire.response(req_id)
     assert wire.error("session/create", {"prompt": "p", "initial_turn": "deferred"}) == (
-        -32603, "Max sessions reached (64/64)",
+        -32603,
+        "Max sessions reached (64/64)",
     )
     assert len(wire.result("session/list")["sessions"]) == 64
     assert wire.close() == 0
@@ -1009,8 +1138,7 @@ PROCESS_FLAG_CASES: List[Tuple[List[str], int, str, bytes]] = [
 def flag_runs() -> Iterator[List[Tuple[int, bytes, bytes]]]:
     """The process-level cases, started together (start-up time dominates)."""
     procs = [
-        subprocess.Popen(cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+        subprocess.Popen(cmd(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for args, _, _, _ in PROCESS_FLAG_CASES
     ]
     try:
@@ -1075,9 +1203,7 @@ def test_valid_realm_ids_accepted() -> None:
     assert re.match(r"^realm-[0-9a-f]{8}-[0-9a-f]{4}-7", default)
 
 
-def test_invalid_script_is_startup_error(
-    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
-) -> None:
+def test_invalid_script_is_startup_error(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     from meerkat_sync.testing.fake_rkat import main
 
     path = tmp_path / "bad.json"
@@ -1097,18 +1223,29 @@ def test_script_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert config.script.select("anything").text == "from env"
 
 
-def test_startup_flags_and_fake_handshake_overrides(
-    spawn: Callable[..., Wire], tmp_path: Path
-) -> None:
+def test_startup_flags_and_fake_handshake_overrides(spawn: Callable[..., Wire], tmp_path: Path) -> None:
     wire = spawn(
-        "--isolated", "--instance", "i1", "--realm-backend", "sqlite",
-        "--state-root", str(tmp_path), "--context-root", str(tmp_path),
-        "--user-config-root", str(tmp_path),
-        "--contract-version", "0.6.0",
-        "--capability-status", "builtins=Available",
-        "--capability-status", "shell=Absent",
-        "--capability-status", "skills=NotCompiled",
-        "--capability-status", "future_cap=Experimental",
+        "--isolated",
+        "--instance",
+        "i1",
+        "--realm-backend",
+        "sqlite",
+        "--state-root",
+        str(tmp_path),
+        "--context-root",
+        str(tmp_path),
+        "--user-config-root",
+        str(tmp_path),
+        "--contract-version",
+        "0.6.0",
+        "--capability-status",
+        "builtins=Available",
+        "--capability-status",
+        "shell=Absent",
+        "--capability-status",
+        "skills=NotCompiled",
+        "--capability-status",
+        "future_cap=Experimental",
     )
     assert wire.result("initialize")["contract_version"] == "0.6.0"
     result = wire.result("capabilities/get")

@@ -8,6 +8,7 @@ checks the handshake and a deferred session, which call no model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -49,7 +50,5 @@ def test_a_real_streamed_turn() -> None:
         try:
             assert session.turn("And again, one word.").text
         finally:
-            try:
+            with contextlib.suppress(MeerkatError):
                 session.archive()
-            except MeerkatError:
-                pass

@@ -62,7 +62,10 @@ def test_unsolicited_runs_never_reach_a_stream(client: MeerkatClient) -> None:
 def test_failed_run_raises_after_its_events(client: MeerkatClient) -> None:
     session = client.create_session("hi")
     seen: List[str] = []
-    with pytest.raises(MeerkatError) as info, session.stream(fake(chunks=["partial"], error="provider exploded")) as s:
+    with (
+        pytest.raises(MeerkatError) as info,
+        session.stream(fake(chunks=["partial"], error="provider exploded")) as s,
+    ):
         for event in s:
             seen.append(event.type)
     assert info.value.code == "INTERNAL_ERROR" and info.value.rpc_code == -32603

@@ -12,6 +12,7 @@ against it runs unchanged against the real binary. Its script format is describe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -49,10 +50,8 @@ def scripted_client(
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.remove(path)
-    except OSError:
-        pass
 
 
 __all__ = ["fake_rkat_command", "scripted_client"]
