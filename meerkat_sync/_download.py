@@ -21,14 +21,16 @@ import tempfile
 import time
 import zipfile
 import zlib
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urljoin, urlsplit
 
 import attrs
-import requests
 
 from ._digests import RKAT_RPC_VERSION, PinnedDigest, pinned_digests
 from .errors import MeerkatError
+
+if TYPE_CHECKING:  # requests costs ~140 ms to import: only a download pays for it
+    import requests
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -309,6 +311,7 @@ _FALLBACK_ADVICE = (
 
 
 def _request_error(url: str, exc: requests.RequestException) -> MeerkatError:
+    import requests
     cause = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, requests.exceptions.SSLError):
         return _failed(
@@ -333,6 +336,7 @@ def _request_error(url: str, exc: requests.RequestException) -> MeerkatError:
 
 def _open(session: requests.Session, url: str, settings: DownloadSettings) -> requests.Response:
     """GET ``url``, following at most MAX_REDIRECTS redirects and only to HTTPS."""
+    import requests
     first = url
     for _ in range(MAX_REDIRECTS + 1):
         try:
@@ -417,6 +421,7 @@ def _stream_body(
     progress: Optional[_Progress] = None,
 ) -> int:
     """Copy the body into ``sink``; refuse a body over ``limit`` or shorter than declared."""
+    import requests
     declared: Optional[int] = None
     raw = response.headers.get("content-length")
     if raw is not None:
@@ -712,6 +717,7 @@ def download_and_install(
     Returns the installed path and its record. On any failure nothing is left behind but
     the previous state of ``directory`` (which the caller has already emptied).
     """
+    import requests
     urls = release_urls(settings, target)
     check_https(settings.base_url)
     final = os.path.join(directory, target.binary_name)

@@ -20,7 +20,7 @@ import weakref
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .._client import MeerkatClient
-from .fake_rkat import fake_rkat_command
+from ._fake_command import fake_rkat_command
 
 Script = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 

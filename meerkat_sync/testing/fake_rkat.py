@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import uuid
-import warnings
 from typing import Any, Dict, Optional, Sequence
 
 from meerkat_sync.testing._fake_command import fake_rkat_command
@@ -23,15 +22,6 @@ from meerkat_sync.testing._fake_server import ABSENT, Server, ServerConfig
 from meerkat_sync.testing._fake_wire import uuid7
 
 __all__ = ["fake_rkat_command", "main"]
-
-if sys.argv[:1] == ["-m"]:
-    # ``python -m`` of this module after the package ``__init__`` imported it makes runpy
-    # warn on stderr; harmless here, and stderr must stay as quiet as the real binary's.
-    warnings.filterwarnings(
-        "ignore",
-        message=r"'meerkat_sync\.testing\.fake_rkat' found in sys\.modules",
-        category=RuntimeWarning,
-    )
 
 SCRIPT_ENV = "MEERKAT_FAKE_SCRIPT"
 _REALM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
