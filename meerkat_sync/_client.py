@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
+import os
 import threading
 import weakref
 from types import TracebackType
@@ -101,6 +102,7 @@ class MeerkatClient:
         self._endpoint: Optional[Endpoint] = None
         self._router: Optional[EventRouter] = None
         self._closed = False
+        self._forked = False
         self._capabilities: List[Capability] = []
         self._methods: FrozenSet[str] = frozenset()
         self._server_info: Dict[str, Any] = {}
@@ -198,6 +200,8 @@ class MeerkatClient:
             self._closed = True
             transport, endpoint, router = self._transport, self._endpoint, self._router
         _LIVE_CLIENTS.discard(self)
+        if self._forked:
+            return  # the child process belongs to the parent: never signal or wait for it
         error = MeerkatError("CLIENT_CLOSED", "the client was closed while this call was waiting")
         if endpoint is not None:
             # Cancelled turns let the server's EOF shutdown finish at once (§1.5).
@@ -322,6 +326,12 @@ class MeerkatClient:
     # --- calls (used by sessions) -----------------------------------------------------------
 
     def _parts(self) -> Any:
+        if self._forked:
+            raise MeerkatError(
+                "FORKED",
+                "this client was connected in the parent process before a fork; create a new "
+                "MeerkatClient in this process (for gunicorn, in the post_fork hook)",
+            )
         endpoint, router = self._endpoint, self._router
         if endpoint is None or router is None:
             if self._closed:
@@ -523,6 +533,17 @@ def _close_live_clients() -> None:
             client.close(timeout=1.0)
         except Exception:  # never let one client stop the others from closing
             log.debug("closing a client at exit failed", exc_info=True)
+
+
+def _disown_after_fork() -> None:
+    """In a forked child, inherited clients must neither be used nor close the parent's child."""
+    for client in list(_LIVE_CLIENTS):
+        client._forked = True
+    _LIVE_CLIENTS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 __all__ = ["MeerkatClient"]
