@@ -25,3 +25,21 @@ def client() -> Iterator[MeerkatClient]:
 
 # ``match`` is Python 3.10 syntax: the file would not even parse on 3.9.
 collect_ignore = ["test_pattern_matching.py"] if sys.version_info < (3, 10) else []
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A throwaway CA and localhost certificate for the HTTPS release server."""
+    from _binary_support import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def server(certs: Any) -> Iterator[Any]:
+    """A real HTTPS server on 127.0.0.1 serving release archives."""
+    from _binary_support import ReleaseServer
+
+    srv = ReleaseServer(certs)
+    yield srv
+    srv.close()

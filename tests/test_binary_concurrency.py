@@ -9,16 +9,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
-import pytest
 from _binary_support import (
     REPO_ROOT,
     Certs,
     ReleaseServer,
     file_member,
     host_target,
-    make_certs,
     make_tar,
     sha256,
     stand_in_script,
@@ -38,18 +36,6 @@ WORKER = textwrap.dedent(
     print(json.dumps({"path": found.path, "source": found.source, "sha256": digest}))
     """
 )
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> Certs:
-    return make_certs(tmp_path)
-
-
-@pytest.fixture
-def server(certs: Certs) -> Iterator[ReleaseServer]:
-    srv = ReleaseServer(certs)
-    yield srv
-    srv.close()
 
 
 def test_eight_processes_share_one_download(

@@ -27,7 +27,6 @@ from _binary_support import (
     file_member,
     isolated_env,
     leftovers,
-    make_certs,
     make_settings,
     make_tar,
     make_zip,
@@ -42,11 +41,6 @@ from meerkat_sync._download import TEMP_PREFIX
 from meerkat_sync.errors import MeerkatError
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """requests reads proxy variables from os.environ: keep 127.0.0.1 direct."""
@@ -55,13 +49,6 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def server(certs: Certs) -> Iterator[ReleaseServer]:
-    srv = ReleaseServer(certs)
-    yield srv
-    srv.close()
 
 
 @pytest.fixture

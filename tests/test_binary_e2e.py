@@ -8,7 +8,7 @@ binary was ever run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from _binary_support import (
@@ -17,7 +17,6 @@ from _binary_support import (
     Target,
     file_member,
     host_target,
-    make_certs,
     make_tar,
     stand_in_script,
 )
@@ -28,18 +27,6 @@ try:
     from meerkat_sync import MeerkatClient
 except ImportError as exc:  # pragma: no cover - only while the client is being written
     pytest.skip(f"the client is not importable yet: {exc}", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def server(certs: Certs) -> Iterator[ReleaseServer]:
-    srv = ReleaseServer(certs)
-    yield srv
-    srv.close()
 
 
 @pytest.fixture
