@@ -32,7 +32,7 @@ from ._converter import structure
 from ._deadline import USE_DEFAULT, Deadline, Timeout, check_timeout, resolve_timeout, wait_future
 from ._endpoint import Endpoint, connection_closed
 from ._params import CREATE_OPTIONS, Prompt, build_params, connect_flags, prompt_key, session_id_arg
-from ._routing import RESPONSE, EventRouter, RunSink
+from ._routing import RESPONSE, STREAM_BUFFER, EventRouter, RunSink
 from ._session import DeferredSession, Session
 from ._streaming import EventStream, RunHandle
 from ._transport import ExitInfo, Transport
@@ -71,6 +71,10 @@ class MeerkatClient:
     ``request_timeout`` bounds control calls (list, read, history, ...); ``turn_timeout``
     bounds turns and streams (``None``: no limit, since agent runs can be long). Every
     method also takes ``timeout=`` to override the default for one call.
+
+    ``stream_buffer`` bounds each stream's queue: a consumer that falls further behind
+    loses the newest events and then sees a ``StreamTruncated`` with the count, while the
+    reader keeps draining stdout and the run's result is still delivered.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class MeerkatClient:
         connect_timeout: Optional[float] = 30.0,
         close_timeout: float = 5.0,
         stream_grace: float = 1.0,
+        stream_buffer: int = STREAM_BUFFER,
         command: Optional[Sequence[str]] = None,
     ) -> None:
         self._rkat_path = rkat_path
@@ -96,6 +101,11 @@ class MeerkatClient:
         self._connect_timeout = check_timeout(connect_timeout, "connect_timeout")
         self._close_timeout = check_timeout(close_timeout, "close_timeout") or 5.0
         self._stream_grace = check_timeout(stream_grace, "stream_grace") or 1.0
+        if isinstance(stream_buffer, bool) or not isinstance(stream_buffer, int) or stream_buffer < 1:
+            raise MeerkatError(
+                "INVALID_ARGS", f"stream_buffer must be a positive number of events, not {stream_buffer!r}"
+            )
+        self._stream_buffer = stream_buffer
         self._command = list(command) if command is not None else None
         self._lock = threading.Lock()
         self._transport: Optional[Transport] = None
@@ -138,9 +148,7 @@ class MeerkatClient:
         deadline = Deadline(resolve_timeout(timeout, self._connect_timeout))
         with self._lock:
             if self._closed:
-                raise MeerkatError(
-                    "CLIENT_CLOSED", "this client was closed; create a new MeerkatClient"
-                )
+                raise MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
             if self._endpoint is not None:
                 raise MeerkatError("INVALID_ARGS", "the client is already connected")
             argv = self._command or [resolve_rkat_rpc(self._rkat_path).path, *self._extra_args]
@@ -179,15 +187,11 @@ class MeerkatClient:
         self._server_info = info
         methods = info.get("methods")
         self._methods = (
-            frozenset(m for m in methods if isinstance(m, str))
-            if isinstance(methods, list)
-            else frozenset()
+            frozenset(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else frozenset()
         )
         caps = self._call_until("capabilities/get", {}, deadline)
         raw_caps = caps.get("capabilities") if isinstance(caps, dict) else None
-        self._capabilities = [
-            structure(c, Capability) for c in raw_caps or [] if isinstance(c, dict)
-        ]
+        self._capabilities = [structure(c, Capability) for c in raw_caps or [] if isinstance(c, dict)]
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop the child: close its stdin, wait, then terminate and kill. Idempotent.
@@ -229,9 +233,7 @@ class MeerkatClient:
     @property
     def closed(self) -> bool:
         """True once closed, or once the child has gone away."""
-        return self._closed or (
-            self._endpoint is not None and self._endpoint.closed_error is not None
-        )
+        return self._closed or (self._endpoint is not None and self._endpoint.closed_error is not None)
 
     @property
     def pid(self) -> Optional[int]:
@@ -335,9 +337,7 @@ class MeerkatClient:
         endpoint, router = self._endpoint, self._router
         if endpoint is None or router is None:
             if self._closed:
-                raise MeerkatError(
-                    "CLIENT_CLOSED", "this client was closed; create a new MeerkatClient"
-                )
+                raise MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
             raise MeerkatError(
                 "NOT_CONNECTED",
                 "the client is not connected; call connect() or use `with MeerkatClient() as client:`",
@@ -353,9 +353,7 @@ class MeerkatClient:
         transport.send(data)
 
     def _call(self, method: str, params: Mapping[str, Any], timeout: Timeout) -> Any:
-        return self._call_until(
-            method, params, Deadline(resolve_timeout(timeout, self._request_timeout))
-        )
+        return self._call_until(method, params, Deadline(resolve_timeout(timeout, self._request_timeout)))
 
     def _call_until(self, method: str, params: Mapping[str, Any], deadline: Deadline) -> Any:
         endpoint, _ = self._parts()
@@ -366,9 +364,7 @@ class MeerkatClient:
             endpoint.forget(request_id)
             raise
 
-    def _call_typed(
-        self, method: str, params: Mapping[str, Any], cls: Type[T], timeout: Timeout
-    ) -> T:
+    def _call_typed(self, method: str, params: Mapping[str, Any], cls: Type[T], timeout: Timeout) -> T:
         reply = self._call(method, params, timeout)
         try:
             return structure(reply, cls)
@@ -389,7 +385,9 @@ class MeerkatClient:
     ) -> RunHandle:
         endpoint, router = self._parts()
         method = "session/create" if create else "turn/start"
-        sink = RunSink(prompt_key, deliver, None if create or session is None else session.id)
+        sink = RunSink(
+            prompt_key, deliver, None if create or session is None else session.id, self._stream_buffer
+        )
         register = router.add_create if create else router.add_turn
         try:
             request_id, raw = endpoint.request(method, params, before_send=lambda _: register(sink))
@@ -407,9 +405,7 @@ class MeerkatClient:
                 try:
                     run = structure(done.result(), RunResult)
                 except Exception as exc:
-                    error = MeerkatError(
-                        "INVALID_RESPONSE", f"{method} returned a malformed result: {exc}"
-                    )
+                    error = MeerkatError("INVALID_RESPONSE", f"{method} returned a malformed result: {exc}")
             if create:
                 router.create_answered(sink, run.session_id if run is not None else None)
             if run is not None:

@@ -33,6 +33,9 @@ TERMINAL = frozenset({"run_completed", "run_failed"})
 #: Events kept for not-yet-attributable sessions, across all of them.
 ORPHAN_LIMIT = 20000
 
+#: Default bound of one stream's queue, in events (see ``MeerkatClient(stream_buffer=)``).
+STREAM_BUFFER = 10000
+
 
 class Marker:
     """Control items a sink's queue carries besides event envelopes."""
@@ -58,8 +61,10 @@ class RunSink:
 
     __slots__ = (
         "deliver",
+        "dropped",
         "expires_at",
         "items",
+        "limit",
         "prompt_key",
         "run_ended",
         "saw_run_started",
@@ -67,8 +72,16 @@ class RunSink:
         "started",
     )
 
-    def __init__(self, prompt_key: Optional[str], deliver: bool, session_id: Optional[str]) -> None:
+    def __init__(
+        self,
+        prompt_key: Optional[str],
+        deliver: bool,
+        session_id: Optional[str],
+        limit: int = STREAM_BUFFER,
+    ) -> None:
         self.items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.limit = limit
+        self.dropped = 0
         self.prompt_key = prompt_key
         self.deliver = deliver
         self.session_id = None if session_id is None else bare_session_id(session_id)
@@ -82,15 +95,36 @@ class RunSink:
     def push(self, envelope: Dict[str, Any], terminal: bool) -> None:
         self.started = True
         if self.deliver:
-            self.items.put(envelope)
+            if self.items.qsize() >= self.limit:
+                # The consumer fell behind: drop the newest, never block the reader.
+                self.dropped += 1
+            else:
+                self._flush_dropped("stream buffer full: the consumer fell behind")
+                self.items.put(envelope)
         if terminal:
             self.end_run()
+
+    def lost(self, count: int, reason: str) -> None:
+        """``count`` events of this run never reached the client (a ``seq`` gap)."""
+        if self.deliver:
+            self.items.put(_truncated(count, reason))
+
+    def _flush_dropped(self, reason: str) -> None:
+        if self.dropped:
+            self.items.put(_truncated(self.dropped, reason))
+            self.dropped = 0
 
     def end_run(self) -> None:
         if not self.run_ended:
             self.run_ended = True
             if self.deliver:
+                self._flush_dropped("stream buffer full: the consumer fell behind")
                 self.items.put(RUN_END)
+
+
+def _truncated(count: int, reason: str) -> Dict[str, Any]:
+    """A client-made envelope carrying a ``stream_truncated`` event at the point of loss."""
+    return {"payload": {"type": "stream_truncated", "reason": reason, "dropped": count}}
 
 
 #: Swallows runs nobody waits for.
@@ -100,11 +134,19 @@ _UNSOLICITED = RunSink(None, deliver=False, session_id=None)
 class _Route:
     """Per-session state: the turns waiting for a run, and the run in progress."""
 
-    __slots__ = ("active", "waiting")
+    __slots__ = ("active", "last_seq", "waiting")
 
     def __init__(self) -> None:
         self.waiting: Deque[RunSink] = collections.deque()
         self.active: Optional[RunSink] = None
+        self.last_seq = 0
+
+    def gap(self, kind: Any, seq: Any) -> int:
+        """How many session events the server dropped just before this one (§5.5)."""
+        if kind == "tool_config_changed" or not isinstance(seq, int):
+            return 0  # those carry an independent counter under the same source id (§5.1)
+        last, self.last_seq = self.last_seq, seq
+        return seq - last - 1 if last and seq > last + 1 else 0
 
     def target(self, kind: Any, payload: Dict[str, Any]) -> Optional[RunSink]:
         if kind == "run_started":
@@ -133,9 +175,7 @@ class _Route:
             self.waiting = collections.deque(live)
         if not live:
             return None
-        chosen = next(
-            (s for s in live if s.prompt_key is not None and s.prompt_key == prompt), live[0]
-        )
+        chosen = next((s for s in live if s.prompt_key is not None and s.prompt_key == prompt), live[0])
         self.waiting.remove(chosen)
         return chosen
 
@@ -176,9 +216,7 @@ class EventRouter:
     def on_event(self, session_id: str, envelope: Dict[str, Any]) -> None:
         payload = envelope.get("payload")
         if not isinstance(payload, dict):
-            log.warning(
-                "session/event without a payload object for %s: %.200r", session_id, envelope
-            )
+            log.warning("session/event without a payload object for %s: %.200r", session_id, envelope)
             return
         kind = payload.get("type")
         with self._lock:
@@ -187,9 +225,16 @@ class EventRouter:
                 route = self._adopt(session_id, kind, payload, envelope)
                 if route is None:
                     return
-            sink = route.target(kind, payload)
-            if sink is not None:
-                sink.push(envelope, kind in TERMINAL)
+            self._deliver(route, envelope, payload, kind)
+
+    @staticmethod
+    def _deliver(route: _Route, envelope: Dict[str, Any], payload: Dict[str, Any], kind: Any) -> None:
+        missing = route.gap(kind, envelope.get("seq"))
+        sink = route.target(kind, payload)
+        if sink is not None:
+            if missing:
+                sink.lost(missing, "the server dropped events (seq gap)")
+            sink.push(envelope, kind in TERMINAL)
 
     def _adopt(
         self, session_id: str, kind: Any, payload: Dict[str, Any], envelope: Dict[str, Any]
@@ -207,9 +252,7 @@ class EventRouter:
                 route.active = sink
                 return route
         if self._orphan_count >= ORPHAN_LIMIT:
-            log.warning(
-                "orphan event buffer full (%d); dropping an event of %s", ORPHAN_LIMIT, session_id
-            )
+            log.warning("orphan event buffer full (%d); dropping an event of %s", ORPHAN_LIMIT, session_id)
             return None
         self._orphans.setdefault(session_id, []).append(envelope)
         self._orphan_count += 1
@@ -257,10 +300,7 @@ class EventRouter:
         self._orphan_count -= len(buffered)
         for envelope in buffered:
             payload = envelope["payload"]
-            kind = payload.get("type")
-            target = route.target(kind, payload)
-            if target is not None:
-                target.push(envelope, kind in TERMINAL)
+            self._deliver(route, envelope, payload, payload.get("type"))
 
     def release(self, sink: RunSink, grace: float) -> None:
         """The caller is done with ``sink``: stop queueing; let its run drain into nothing."""

@@ -318,7 +318,14 @@ class InteractionFailed(Event):
 @_variant("stream_truncated")
 @attrs.frozen
 class StreamTruncated(Event):
+    """Events were lost at this point: ``dropped`` counts them when the client knows.
+
+    The server sends it for interaction streams; the client yields its own when a stream
+    overflowed its buffer or the envelope ``seq`` shows the server dropped events (§5.5).
+    """
+
     reason: str = ""
+    dropped: int = 0
 
 
 @attrs.frozen

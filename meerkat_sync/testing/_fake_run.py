@@ -130,6 +130,7 @@ class Run:
         self.handle = handle
         self._held: Deque[JsonDict] = collections.deque()
         self._written = 0
+        self._dropped = False
         self._emitted = 0
         self._started = False
 
@@ -161,6 +162,10 @@ class Run:
 
     def _check_thresholds(self) -> None:
         spec = self.spec
+        if spec.drop_events is not None and not self._dropped and self._written >= spec.drop_events[0]:
+            # Dropped notifications still consumed their seq numbers on the real server.
+            self.session.next_seq(spec.drop_events[1])
+            self._dropped = True
         limit = spec.close_stdout_after_events
         if limit is not None and self._written >= limit and self.env.writer.is_open:
             self.env.writer.close_stdout()

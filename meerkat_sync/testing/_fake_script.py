@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from meerkat_sync.testing._fake_wire import JsonDict, loads_strict
 
@@ -83,6 +83,7 @@ class ReplySpec:
         self.extra_events: List[JsonDict] = []
         self.exit_after_events: Optional[int] = None
         self.close_stdout_after_events: Optional[int] = None
+        self.drop_events: Optional[Tuple[int, int]] = None
         self.hang = False
         self.bulk: Optional[BulkSpec] = None
         self.unsolicited: Optional[ReplySpec] = None
@@ -217,6 +218,13 @@ def _setter(attr: str, convert: Callable[[Any, str], Any]) -> Callable[[ReplySpe
     return apply
 
 
+def _drop_events(value: Any) -> Tuple[int, int]:
+    """``{"after": K, "count": N}``: as the real server under backpressure (§5.5)."""
+    obj = _obj(value, "drop_events")
+    _check_keys(obj, ("after", "count"), "drop_events")
+    return _int(obj.get("after", 0), "drop_events.after"), _int(obj.get("count", 1), "drop_events.count")
+
+
 _FIELDS: Dict[str, Callable[[ReplySpec, Any], None]] = {
     "text": _setter("text", _str),
     "chunks": _setter("chunks", _str_list),
@@ -237,6 +245,7 @@ _FIELDS: Dict[str, Callable[[ReplySpec, Any], None]] = {
     "extra_events": _set_extra_events,
     "exit_after_events": _setter("exit_after_events", _int),
     "close_stdout_after_events": _setter("close_stdout_after_events", _int),
+    "drop_events": _setter("drop_events", lambda v, _n: _drop_events(v)),
     "hang": _set_hang,
     "bulk": _setter("bulk", lambda v, _n: _bulk(v)),
     "unsolicited": _setter("unsolicited", lambda v, _n: parse_spec(v)),

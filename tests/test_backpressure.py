@@ -1,0 +1,71 @@
+"""A slow consumer costs bounded memory, learns what it lost, and delays nobody else."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import fake
+
+from meerkat_sync import StreamTruncated, TextDelta
+from meerkat_sync.testing import scripted_client
+
+
+def test_overflow_drops_newest_and_reports_the_count_then_delivers_the_result() -> None:
+    with scripted_client(stream_buffer=50) as client:
+        session = client.create_session("hi")
+        other = client.create_session("other")
+        chunks = [f"{k} " for k in range(400)]
+        stream = session.stream(fake(chunks=chunks))
+        with stream:
+            first = next(iter(stream))
+            assert first.type == "run_started"
+            # Stall while the whole run arrives; another session is served meanwhile.
+            assert other.turn(fake(chunks=["unaffected"])).text == "unaffected"
+            time.sleep(0.5)
+            events = list(stream)
+        truncated = [e for e in events if isinstance(e, StreamTruncated)]
+        received = [e for e in events if not isinstance(e, StreamTruncated)]
+        deltas = [e.delta for e in received if isinstance(e, TextDelta)]
+        # Every one of the run's 405 events is either received or counted as dropped.
+        assert truncated and 1 + len(received) + sum(t.dropped for t in truncated) == 405
+        assert len(deltas) < 400
+        positions = [chunks.index(d) for d in deltas]
+        assert positions == sorted(positions)  # what arrives is in order; the newest were dropped
+        for before, after in zip(received, received[1:]):  # each gap sits behind a StreamTruncated
+            if isinstance(before, TextDelta) and isinstance(after, TextDelta):
+                gap = chunks.index(after.delta) - chunks.index(before.delta)
+                assert gap == 1 or events.index(after) - events.index(before) == 2
+        assert stream.result.text == "".join(chunks)  # the result is complete regardless
+
+
+def test_the_default_buffer_holds_a_normal_burst() -> None:
+    with scripted_client() as client:
+        session = client.create_session("hi")
+        chunks = [f"{k}" for k in range(3000)]
+        events = list(session.stream(fake(chunks=chunks)))
+        assert not any(isinstance(e, StreamTruncated) for e in events)
+        assert [e.delta for e in events if isinstance(e, TextDelta)] == chunks
+
+
+def test_a_seq_gap_from_the_server_is_surfaced() -> None:
+    # Scripted: the envelope seq jumps, as when the server drops notifications (§5.5).
+    with scripted_client() as client:
+        session = client.create_session("hi")
+        events = list(session.stream(fake(chunks=["a", "b"], drop_events={"after": 3, "count": 5})))
+        gaps = [e for e in events if isinstance(e, StreamTruncated)]
+        assert [g.dropped for g in gaps] == [5] and "seq gap" in gaps[0].reason
+        assert [e.delta for e in events if isinstance(e, TextDelta)] == ["a", "b"]
+
+
+def test_many_slow_streams_do_not_block_the_reader() -> None:
+    with scripted_client(stream_buffer=20) as client:
+        sessions = [client.create_session(f"s{i}") for i in range(4)]
+        streams = [s.stream(fake(chunks=[str(k) for k in range(200)])) for s in sessions]
+        for st in streams:
+            st.__enter__()
+        # Nobody consumes; a control call must still be answered promptly.
+        started = time.monotonic()
+        assert len(client.list_sessions()) >= 4
+        assert time.monotonic() - started < 2
+        for st in streams:
+            assert st.collect().text == "".join(str(k) for k in range(200))
