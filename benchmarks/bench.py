@@ -57,8 +57,11 @@ FULL: Params = {
     "conc_deltas": 50,
     "connect_runs": 21,
     "mem_events": 1_000_000,
-    "mem_rate": 25_000,
+    "mem_rate": 20_000,
+    "bigtext_bytes": 200_000,
     "sdk_hang_timeout": 20.0,
+    "max_foreign_cores": 0.25,
+    "retries": 2,
 }
 QUICK: Params = {
     **FULL,
@@ -69,8 +72,8 @@ QUICK: Params = {
     "conc_turns": 3,
     "connect_runs": 5,
     "mem_events": 200_000,
-    "mem_rate": 50_000,
     "sdk_hang_timeout": 10.0,
+    "retries": 1,
 }
 
 
@@ -172,23 +175,26 @@ def sync_roundtrip(p: Params) -> Result:
 
 
 def sync_stream(p: Params) -> Result:
-    from meerkat_sync import TextDelta
+    from meerkat_sync import StreamTruncated, TextDelta
 
     count, delta = p["stream_events"], p["delta"]
     with _sync_client(p["launcher"]) as client:
         session = client.create_session("bench")
         prompt = bulk_prompt(count, delta)
-        events = deltas = 0
+        events = deltas = dropped = 0
         with Meter(client.pid) as meter:
             with session.stream(prompt) as stream:
                 for event in stream:
                     events += 1
                     if type(event) is TextDelta:
                         deltas += 1
+                    elif type(event) is StreamTruncated:
+                        dropped += event.dropped
             result = stream.result
     return {
         "events": events,
         "deltas": deltas,
+        "dropped": dropped,
         "events_per_s": events / meter.wall,
         "text_len": len(result.text),
         **meter.fields(),
@@ -332,7 +338,7 @@ def sync_connect(p: Params) -> Result:
 
 
 def sync_memory(p: Params) -> Result:
-    from meerkat_sync import TextDelta
+    from meerkat_sync import StreamTruncated, TextDelta
 
     count, rate, mode = p["mem_events"], p["mem_rate"], p["mode"]
     with _sync_client(p["launcher"]) as client:
@@ -340,7 +346,7 @@ def sync_memory(p: Params) -> Result:
         messages_before = client.read_session(session.id).message_count
         gc.collect()
         base, hwm_before = rss_kib("VmRSS"), peak_rss_kib()
-        events = deltas = 0
+        events = deltas = dropped = 0
         t0 = time.perf_counter()
         with session.stream(bulk_prompt(count, "")) as stream:
             if mode == "slow":
@@ -348,6 +354,8 @@ def sync_memory(p: Params) -> Result:
                     events += 1
                     if type(event) is TextDelta:
                         deltas += 1
+                    elif type(event) is StreamTruncated:
+                        dropped += event.dropped
                     if events % 250 == 0:
                         lag = t0 + events / rate - time.perf_counter()
                         if lag > 0:
@@ -356,7 +364,7 @@ def sync_memory(p: Params) -> Result:
                 wait_server_done(lambda: client.read_session(session.id), messages_before)
                 time.sleep(0.3)
         peak = peak_rss_kib()
-    return _memory_result(base, hwm_before, peak, events, deltas, time.perf_counter() - t0)
+    return _memory_result(base, hwm_before, peak, events, deltas, time.perf_counter() - t0, dropped)
 
 
 def wait_server_done(read: Callable[[], Any], messages_before: int, limit: float = 600.0) -> None:
@@ -371,7 +379,7 @@ def wait_server_done(read: Callable[[], Any], messages_before: int, limit: float
 
 
 def _memory_result(
-    base: Optional[int], hwm_before: int, peak: int, events: int, deltas: int, wall: float
+    base: Optional[int], hwm_before: int, peak: int, events: int, deltas: int, wall: float, dropped: int
 ) -> Result:
     base_kib = base or hwm_before
     return {
@@ -381,6 +389,7 @@ def _memory_result(
         "peak_before_stream_mib": hwm_before / 1024,
         "events": events,
         "deltas": deltas,
+        "dropped": dropped,
         "wall_s": wall,
     }
 
@@ -574,7 +583,7 @@ async def sdk_memory(p: Params) -> Result:
         peak = peak_rss_kib()
     finally:
         await _sdk_close(client)
-    return _memory_result(base, hwm_before, peak, events, events, time.perf_counter() - t0)
+    return _memory_result(base, hwm_before, peak, events, events, time.perf_counter() - t0, 0)
 
 
 SYNC_WORKLOADS: Dict[str, Callable[[Params], Result]] = {
@@ -664,8 +673,9 @@ def plan(cfg: Params, launcher: str, only: Optional[List[str]]) -> List[Job]:
 
     add("roundtrip", [SYNC, SDK], reps, 180)
     add("stream", [SYNC, SDK, FLOOR], reps, 180, delta="")
-    add("stream_bigtext", [SYNC, FLOOR], reps, 180, delta="x")
-    add("stream_bigtext", [SDK], 1, 120, delta="x", hang_timeout=cfg["sdk_hang_timeout"])
+    big = "x" * max(1, cfg["bigtext_bytes"] // cfg["stream_events"])
+    add("stream_bigtext", [SYNC, FLOOR], reps, 180, delta=big)
+    add("stream_bigtext", [SDK], 1, 120, delta=big, hang_timeout=cfg["sdk_hang_timeout"])
     add("concurrency", [SYNC, SDK], reps, 180)
     add("concurrency_creates", [SYNC, SDK], 1, 120)
     runs = max(1, cfg["connect_runs"] // reps)
