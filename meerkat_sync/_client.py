@@ -23,6 +23,7 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
+    Tuple,
     Type,
     TypeVar,
 )
@@ -72,6 +73,10 @@ class MeerkatClient:
     bounds turns and streams (``None``: no limit, since agent runs can be long). Every
     method also takes ``timeout=`` to override the default for one call.
 
+    ``restart=True`` starts a new rkat-rpc on the next call after the child died. Calls in
+    flight at the crash still fail (a turn is never retried behind your back), and sessions
+    survive only if the realm persists them (``connect(realm_id=...)``).
+
     ``stream_buffer`` bounds each stream's queue: a consumer that falls further behind
     loses the newest events and then sees a ``StreamTruncated`` with the count, while the
     reader keeps draining stdout and the run's result is still delivered.
@@ -90,6 +95,7 @@ class MeerkatClient:
         close_timeout: float = 5.0,
         stream_grace: float = 1.0,
         stream_buffer: int = STREAM_BUFFER,
+        restart: bool = False,
         command: Optional[Sequence[str]] = None,
     ) -> None:
         self._rkat_path = rkat_path
@@ -107,7 +113,10 @@ class MeerkatClient:
             )
         self._stream_buffer = stream_buffer
         self._command = list(command) if command is not None else None
+        self._restart = bool(restart)
+        self._flags: List[str] = []
         self._lock = threading.Lock()
+        self._restart_lock = threading.Lock()
         self._transport: Optional[Transport] = None
         self._endpoint: Optional[Endpoint] = None
         self._router: Optional[EventRouter] = None
@@ -151,28 +160,64 @@ class MeerkatClient:
                 raise MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
             if self._endpoint is not None:
                 raise MeerkatError("INVALID_ARGS", "the client is already connected")
-            argv = self._command or [resolve_rkat_rpc(self._rkat_path).path, *self._extra_args]
-            router = EventRouter()
-            endpoint = Endpoint(self._send, self._make_notification_handler(router))
-            transport = Transport(
-                [*argv, *flags],
-                env=self._env,
-                cwd=self._cwd,
-                on_message=endpoint.handle,
-                on_close=self._on_exit,
-            )
-            self._router, self._endpoint, self._transport = router, endpoint, transport
-            transport.start()
+            self._flags = flags
+            self._router, self._endpoint, self._transport = self._spawn()
             _LIVE_CLIENTS.add(self)
         try:
-            self._handshake(deadline)
+            self._handshake(deadline, self._endpoint)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _handshake(self, deadline: Deadline) -> None:
-        info = self._call_until("initialize", {}, deadline)
+    def _spawn(self) -> Tuple[EventRouter, Endpoint, Transport]:
+        """Start a child with its own router, endpoint and transport.
+
+        Each generation's parts are bound to each other, not to ``self``, so a dead child's
+        last callbacks can never touch its successor after a restart.
+        """
+        argv = self._command or [resolve_rkat_rpc(self._rkat_path).path, *self._extra_args]
+        router = EventRouter()
+        transport: Transport
+
+        def send(data: bytes) -> None:
+            transport.send(data)
+
+        endpoint = Endpoint(send, self._make_notification_handler(router))
+        transport = Transport(
+            [*argv, *self._flags],
+            env=self._env,
+            cwd=self._cwd,
+            on_message=endpoint.handle,
+            on_close=lambda info: self._on_exit(info, endpoint, router),
+        )
+        transport.start()
+        return router, endpoint, transport
+
+    def _respawn(self, broken: Endpoint) -> None:
+        """``restart=True``: replace a dead child, once, however many threads notice it."""
+        with self._restart_lock:
+            if self._endpoint is not broken:
+                return  # another thread already restarted it
+            log.warning("rkat-rpc went away; starting a new one (restart=True)")
+            dead = self._transport
+            if dead is not None:
+                dead.close(1.0)
+            router, endpoint, transport = self._spawn()
+            try:
+                # Handshake before publishing: no other thread may use a half-started child.
+                self._handshake(Deadline(self._connect_timeout), endpoint)
+            except BaseException:
+                transport.close(1.0)
+                raise
+            with self._lock:
+                if self._closed:
+                    transport.close(1.0)
+                    raise MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
+                self._router, self._endpoint, self._transport = router, endpoint, transport
+
+    def _handshake(self, deadline: Deadline, endpoint: Endpoint) -> None:
+        info = self._call_until("initialize", {}, deadline, endpoint)
         if not isinstance(info, dict):
             raise MeerkatError("INVALID_RESPONSE", f"initialize returned {info!r}, not an object")
         version = info.get("contract_version")
@@ -189,7 +234,7 @@ class MeerkatClient:
         self._methods = (
             frozenset(m for m in methods if isinstance(m, str)) if isinstance(methods, list) else frozenset()
         )
-        caps = self._call_until("capabilities/get", {}, deadline)
+        caps = self._call_until("capabilities/get", {}, deadline, endpoint)
         raw_caps = caps.get("capabilities") if isinstance(caps, dict) else None
         self._capabilities = [structure(c, Capability) for c in raw_caps or [] if isinstance(c, dict)]
 
@@ -342,21 +387,22 @@ class MeerkatClient:
                 "NOT_CONNECTED",
                 "the client is not connected; call connect() or use `with MeerkatClient() as client:`",
             )
-        if endpoint.closed_error is not None:
-            raise endpoint.closed_error
+        error = endpoint.closed_error
+        if error is not None:
+            if not (self._restart and error.code == "CONNECTION_CLOSED"):
+                raise error
+            self._respawn(endpoint)
+            endpoint, router = self._endpoint, self._router
         return endpoint, router
-
-    def _send(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None:
-            raise MeerkatError("NOT_CONNECTED", "the client is not connected; call connect() first")
-        transport.send(data)
 
     def _call(self, method: str, params: Mapping[str, Any], timeout: Timeout) -> Any:
         return self._call_until(method, params, Deadline(resolve_timeout(timeout, self._request_timeout)))
 
-    def _call_until(self, method: str, params: Mapping[str, Any], deadline: Deadline) -> Any:
-        endpoint, _ = self._parts()
+    def _call_until(
+        self, method: str, params: Mapping[str, Any], deadline: Deadline, endpoint: Optional[Endpoint] = None
+    ) -> Any:
+        if endpoint is None:
+            endpoint, _ = self._parts()
         request_id, future = endpoint.request(method, params)
         try:
             return wait_future(future, deadline, method)
@@ -506,16 +552,14 @@ class MeerkatClient:
 
         return on_notification
 
-    def _on_exit(self, info: ExitInfo) -> None:
-        """The child's stdout ended: wake every waiter with the reason."""
+    def _on_exit(self, info: ExitInfo, endpoint: Endpoint, router: EventRouter) -> None:
+        """A child's stdout ended: wake every waiter of that child with the reason."""
         if self._closed:
             return
         error = connection_closed(info)
         log.warning("%s", error.message)
-        if self._endpoint is not None:
-            self._endpoint.fail_all(error)
-        if self._router is not None:
-            self._router.fail_all(error)
+        endpoint.fail_all(error)
+        router.fail_all(error)
 
 
 #: Clients to close at interpreter exit, so no rkat-rpc outlives the script.
