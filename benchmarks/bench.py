@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import gc
 import importlib.metadata
-import io
 import json
 import os
 import platform
-import pstats
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -38,7 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 RESULT_MARK = "BENCH-RESULT "
@@ -62,6 +60,8 @@ FULL: Params = {
     "sdk_hang_timeout": 20.0,
     "max_foreign_cores": 0.25,
     "retries": 2,
+    "quiet_wait": 30.0,
+    "quiet_budget": 180.0,
 }
 QUICK: Params = {
     **FULL,
@@ -74,6 +74,8 @@ QUICK: Params = {
     "mem_events": 200_000,
     "sdk_hang_timeout": 10.0,
     "retries": 1,
+    "quiet_wait": 5.0,
+    "quiet_budget": 20.0,
 }
 
 
@@ -204,12 +206,17 @@ def sync_stream(p: Params) -> Result:
 def floor_stream(p: Params) -> Result:
     """The same bulk turn read by the smallest possible client: readline + json.loads."""
     count, delta = p["stream_events"], p["delta"]
+    loads: Callable[[bytes], Any] = json.loads
+    if p.get("parser") == "orjson":
+        import orjson
+
+        loads = orjson.loads
     proc = subprocess.Popen(
         [p["launcher"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        readline, loads = proc.stdout.readline, json.loads
+        readline = proc.stdout.readline
         proc.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"session/create","params":{"prompt":"bench"}}\n')
         proc.stdin.flush()
         while True:
@@ -262,6 +269,60 @@ def floor_connect(p: Params) -> Result:
         if i:
             samples.append(elapsed * 1000)
     return {"samples_ms": samples}
+
+
+def floor_concurrency(p: Params) -> Result:
+    """The concurrency workload driven by one thread with bare pipes: what the server allows."""
+    n_sessions, turns = p["conc_sessions"], p["conc_turns"]
+    prompt = chunks_prompt(p["conc_deltas"])
+    proc = subprocess.Popen(
+        [p["launcher"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin, readline, loads = proc.stdin, proc.stdout.readline, json.loads
+
+    def send(request_id: int, method: str, params: Params) -> None:
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        stdin.write(json.dumps(message).encode() + b"\n")
+        stdin.flush()
+
+    try:
+        for i in range(n_sessions):
+            send(i, "session/create", {"prompt": f"bench {i}"})
+        session_ids: Dict[int, str] = {}
+        while len(session_ids) < n_sessions:
+            message = loads(readline())
+            if "id" in message:
+                session_ids[message["id"]] = message["result"]["session_id"]
+        left = {i: turns for i in range(n_sessions)}
+        next_id, owner = 1000, {}
+        events = done = 0
+        with Meter(proc.pid) as meter:
+            for i in range(n_sessions):
+                owner[next_id] = i
+                send(next_id, "turn/start", {"session_id": session_ids[i], "prompt": prompt})
+                next_id += 1
+            while done < n_sessions * turns:
+                message = loads(readline())
+                if "id" not in message:
+                    events += 1
+                    continue
+                done += 1
+                i = owner.pop(message["id"])
+                left[i] -= 1
+                if left[i]:
+                    owner[next_id] = i
+                    send(next_id, "turn/start", {"session_id": session_ids[i], "prompt": prompt})
+                    next_id += 1
+    finally:
+        stop_process(proc)
+    return {
+        "turns": done,
+        "turns_per_s": done / meter.wall,
+        "events_per_turn": [events // max(1, done)],
+        "errors": {},
+        **meter.fields(),
+    }
 
 
 def sync_concurrency(p: Params) -> Result:
@@ -639,7 +700,8 @@ def run_child(spec: Params) -> Result:
     os.environ["MEERKAT_BIN_PATH"] = spec["launcher"]  # the SDK prefers it over rkat_path
     workload, client = spec["workload"], spec["client"]
     if client == FLOOR:
-        return floor_connect(spec) if workload == "connect" else floor_stream(spec)
+        floors = {"connect": floor_connect, "concurrency": floor_concurrency}
+        return floors.get(workload, floor_stream)(spec)
     if client == SYNC:
         return SYNC_WORKLOADS[workload](spec)
     return asyncio.run(SDK_WORKLOADS[workload](spec))
@@ -702,7 +764,9 @@ def plan(cfg: Params, launcher: str, only: Optional[List[str]]) -> List[Job]:
     big = "x" * max(1, cfg["bigtext_bytes"] // cfg["stream_events"])
     add("stream_bigtext", [SYNC, FLOOR], reps, 180, delta=big)
     add("stream_bigtext", [SDK], 1, 120, delta=big, hang_timeout=cfg["sdk_hang_timeout"])
-    add("concurrency", [SYNC, SDK], reps, 180)
+    if have_orjson():
+        add("stream_orjson_floor", [FLOOR], reps, 180, delta="", parser="orjson")
+    add("concurrency", [SYNC, SDK, FLOOR], reps, 180)
     add("concurrency_creates", [SYNC, SDK], 1, 120)
     runs = max(1, cfg["connect_runs"] // reps)
     add("connect", [SYNC, SDK, FLOOR], reps, 180, connect_runs=runs)
@@ -787,9 +851,19 @@ def _execute(job: Job) -> Result:
 
 
 def run_quietly(job: Job, cfg: Params) -> Result:
-    """Run a job; while other processes kept a CPU busy meanwhile, run it again (keep the quietest)."""
+    """Run a job; while other processes kept a CPU busy meanwhile, run it again (keep the quietest).
+
+    Before each attempt it waits a little for other load to pass, within a budget for the run.
+    Memory jobs are not retried: CPU load does not change what they measure.
+    """
     best: Optional[Result] = None
-    for attempt in range(cfg["retries"] + 1):
+    retries = 0 if job.workload.startswith("memory") else cfg["retries"]
+    for attempt in range(retries + 1):
+        limit = min(cfg["quiet_wait"], cfg["quiet_budget"])
+        waited = wait_for_quiet(limit, cfg["max_foreign_cores"]) if limit > 0 else 0.0
+        cfg["quiet_budget"] -= waited
+        if waited >= 1.0:
+            print(f" (waited {waited:.0f} s for other load to pass)", end="", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         result = execute(job)
         result["attempt"] = attempt + 1
@@ -806,9 +880,29 @@ def run_quietly(job: Job, cfg: Params) -> Result:
     return best
 
 
+def wait_for_quiet(limit: float, max_busy: float) -> float:
+    """Wait (up to ``limit`` s) until other processes use under ``max_busy`` CPUs; returns the wait."""
+    t0 = time.perf_counter()
+    while True:
+        busy0, own0 = system_busy_seconds(), own_cpu_seconds()
+        time.sleep(0.5)
+        busy1, own1 = system_busy_seconds(), own_cpu_seconds()
+        if busy0 is None or busy1 is None:
+            return 0.0
+        quiet = (busy1 - busy0 - (own1 - own0)) / 0.5 <= max_busy
+        if quiet or time.perf_counter() - t0 >= limit:
+            return time.perf_counter() - t0 - 0.5
+
+
 def short(job: Job, result: Result) -> str:
     if "failed" in result:
         return "FAILED: " + str(result["failed"])[:120]
+    if result.get("dropped"):
+        return _short(result) + f" ({result['dropped']:,} events dropped)"
+    return _short(result)
+
+
+def _short(result: Result) -> str:
     for key, fmt in (
         ("events_per_s", "{:,.0f} events/s"),
         ("turns_per_s", "{:,.1f} turns/s"),
@@ -947,8 +1041,13 @@ def build_rows(summary: Dict[str, Dict[str, Any]], cfg: Params) -> List[List[str
     row(f"stream {n:,} deltas, events/s (empty deltas)", "stream", "events_per_s", ",.0f", floor=True)
     row(f"stream {n:,} deltas, events/s ({n // 1000:,} KB final text)", "stream_bigtext",
         "events_per_s", ",.0f", floor=True)
+    if "stream_orjson_floor" in summary and "stream" in summary:
+        s = summary["stream"].get(SYNC, {}).get("events_per_s")
+        f = summary["stream_orjson_floor"].get(FLOOR, {}).get("events_per_s")
+        rows.append(["  floor with orjson.loads instead of json.loads", "", "", "",
+                     fmt(f, ",.0f"), fmt(ratio(s, f), ".2f")])
     row(f"concurrency {cfg['conc_sessions']} x {cfg['conc_turns']} turns x {cfg['conc_deltas']}"
-        " deltas, turns/s", "concurrency", "turns_per_s", ",.1f")
+        " deltas, turns/s", "concurrency", "turns_per_s", ",.1f", floor=True)
     row(f"concurrency {cfg['conc_sessions']} streaming creates at once, turns/s",
         "concurrency_creates", "turns_per_s", ",.1f")
     row("connect p50, ms (lower is better)", "connect", "p50_ms", ",.1f", floor=True)
@@ -1051,6 +1150,14 @@ def source_state() -> Dict[str, Any]:
     }
 
 
+def have_orjson() -> bool:
+    try:
+        import orjson  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_launcher(directory: str) -> str:
     """The SDK wants one executable file; both clients start the scripted runtime through it."""
     path = Path(directory) / "rkat-rpc"
@@ -1082,6 +1189,7 @@ def parent_main(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     raw: Dict[str, Dict[str, List[Result]]] = {}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="meerkat-bench-") as tmp:
@@ -1180,53 +1288,93 @@ def strip_samples(raw: Dict[str, Dict[str, List[Result]]]) -> Dict[str, Dict[str
 
 # --- profiling -----------------------------------------------------------------------------
 
+#: Stacks outside the measured part of a workload (imports, connect, setup, close).
+_SETUP_FRAMES = (
+    "_find_and_load",
+    "_sync_client (",
+    "create_session (",
+    "MeerkatClient.close",
+    "MeerkatClient.connect",
+    "ThreadPoolExecutor",
+    "Thread.start",
+    "Thread.__init__",
+)
 
-@contextlib.contextmanager
-def profile_all_threads() -> Iterator[Dict[str, cProfile.Profile]]:
-    """cProfile every thread started inside the block (and the calling one)."""
-    profiles: Dict[str, cProfile.Profile] = {}
-    original_run = threading.Thread.run
 
-    def run(self: threading.Thread) -> None:
-        prof = profiles.setdefault(self.name, cProfile.Profile())
-        prof.enable()
-        try:
-            original_run(self)
-        finally:
-            prof.disable()
-
-    threading.Thread.run = run  # type: ignore[method-assign]
-    main = profiles.setdefault("main", cProfile.Profile())
-    main.enable()
-    try:
-        yield profiles
-    finally:
-        main.disable()
-        threading.Thread.run = original_run  # type: ignore[method-assign]
+def pyspy_path() -> Optional[str]:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
 def profile_main(args: argparse.Namespace) -> int:
+    """Sample one meerkat_sync workload with py-spy (GIL holders only) and rank the hot spots."""
     cfg = dict(QUICK if args.quick else FULL)
     workload = args.profile
     if workload not in SYNC_WORKLOADS:
         print(f"--profile takes one of: {', '.join(SYNC_WORKLOADS)}", file=sys.stderr)
         return 2
+    spy = pyspy_path()
+    if spy is None:
+        print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="meerkat-bench-") as tmp:
         spec = {**cfg, "workload": workload, "client": SYNC, "launcher": write_launcher(tmp),
                 "delta": "", "mode": "slow" if workload == "memory_slow" else "unconsumed"}
-        with profile_all_threads() as profiles:
-            result = SYNC_WORKLOADS[workload](spec)
-    print("result:", short(Job(workload, SYNC, 0, spec, 0), result))
-    busy = {name: p for name, p in profiles.items() if pstats.Stats(p).total_tt > 0.05}  # type: ignore[attr-defined]
-    total = sum(pstats.Stats(p).total_tt for p in busy.values())  # type: ignore[attr-defined]
-    for name, prof in sorted(busy.items(), key=lambda kv: -pstats.Stats(kv[1]).total_tt):  # type: ignore[attr-defined]
-        stats = pstats.Stats(prof)
-        print(f"\n=== thread {name}: {stats.total_tt:.2f} s of {total:.2f} s profiled "  # type: ignore[attr-defined]
-              f"({stats.total_tt / total:.0%})")  # type: ignore[attr-defined]
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(args.top)
-        print("\n".join(ln for ln in buf.getvalue().splitlines()[6:] if ln.strip()))
+        raw = Path(tmp) / "profile.txt"
+        cmd = [spy, "record", "--rate", str(args.rate), "--gil", "--threads", "--format", "raw",
+               "--output", str(raw), "--", sys.executable, str(Path(__file__).resolve()),
+               "--child", json.dumps(spec)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        result_lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+        if not raw.exists() or not result_lines:
+            print(f"py-spy failed ({done.returncode}): {done.stderr.strip()[-800:]}", file=sys.stderr)
+            return 1
+        result = json.loads(result_lines[-1][len(RESULT_MARK) :])
+        figure = short(Job(workload, SYNC, 0, spec, 0), result)
+        print(f"{workload} under py-spy (slower than unprofiled): {figure}")
+        print(rank_stacks(raw.read_text(), args.top))
     return 0
+
+
+def rank_stacks(collapsed: str, top: int) -> str:
+    """Self and inclusive shares per thread role, from py-spy's collapsed stacks."""
+    import re
+    from collections import Counter, defaultdict
+
+    def clean(frame: str) -> str:
+        return re.sub(r":\d+\)", ")", frame).replace(str(HERE) + "/", "")
+
+    roles: Counter[str] = Counter()
+    own: Dict[str, Counter[str]] = defaultdict(Counter)
+    inclusive: Dict[str, Counter[str]] = defaultdict(Counter)
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")[1:]  # the first entry names the thread
+        if not frames or any(s in f for f in frames for s in _SETUP_FRAMES):
+            continue
+        joined = ";".join(frames)
+        if "meerkat_sync" not in joined and "bench.py" not in joined:
+            continue
+        role = ("reader thread" if "_read_stdout" in joined else
+                "stderr thread" if "_drain_stderr" in joined else
+                "consumer threads" if "worker (bench.py" in joined else "consumer (main thread)")
+        n = int(count)
+        roles[role] += n
+        names = [clean(f) for f in frames]
+        own[role][names[-1]] += n
+        for name in set(names):
+            inclusive[role][name] += n
+    total = sum(roles.values()) or 1
+    out = [f"{total} samples of a thread holding the GIL, inside the measured part of the workload"]
+    for role, n in roles.most_common():
+        out.append(f"\n== {role}: {n / total:.1%} of the samples")
+        out.append("  self time (the function itself):")
+        out += [f"    {c / total:6.1%}  {name}" for name, c in own[role].most_common(top)]
+        out.append("  inclusive (meerkat_sync and json functions with their callees):")
+        ranked = [(name, c) for name, c in inclusive[role].most_common()
+                  if ("meerkat_sync" in name or "json" in name) and c / total >= 0.005]
+        out += [f"    {c / total:6.1%}  {name}" for name, c in ranked[:top]]
+    return "\n".join(out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1235,10 +1383,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts, one repetition")
     parser.add_argument("--repeats", type=int, help="repetitions of each throughput/latency workload")
-    parser.add_argument("--only", help="comma-separated workloads: " + ",".join(SYNC_WORKLOADS))
+    parser.add_argument(
+        "--only", help="comma-separated workloads: " + ",".join([*SYNC_WORKLOADS, "stream_orjson_floor"])
+    )
     parser.add_argument("--output", default=str(HERE / "results.json"), help="JSON results file")
     parser.add_argument("--profile", metavar="WORKLOAD", help="cProfile one meerkat_sync workload")
-    parser.add_argument("--top", type=int, default=25, help="functions shown per thread with --profile")
+    parser.add_argument("--top", type=int, default=15, help="functions shown per thread with --profile")
+    parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second with --profile")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

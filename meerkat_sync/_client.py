@@ -32,7 +32,15 @@ from ._binary import DEFAULT_RKAT_PATH, resolve_rkat_rpc
 from ._converter import structure
 from ._deadline import USE_DEFAULT, Deadline, Timeout, check_timeout, resolve_timeout, wait_future
 from ._endpoint import Endpoint, connection_closed
-from ._params import CREATE_OPTIONS, Prompt, build_params, connect_flags, prompt_key, session_id_arg
+from ._params import (
+    CREATE_OPTIONS,
+    Prompt,
+    build_params,
+    connect_flags,
+    list_args,
+    prompt_key,
+    session_id_arg,
+)
 from ._routing import RESPONSE, STREAM_BUFFER, EventRouter, RunSink
 from ._session import DeferredSession, Session
 from ._streaming import EventStream, RunHandle
@@ -352,12 +360,7 @@ class MeerkatClient:
         offset: Optional[int] = None,
         timeout: Timeout = USE_DEFAULT,
     ) -> List[SessionInfo]:
-        params: Dict[str, Any] = {}
-        if labels is not None:
-            params["labels"] = CREATE_OPTIONS["labels"](labels, "labels")
-        for name, value in (("limit", limit), ("offset", offset)):
-            if value is not None:
-                params[name] = CREATE_OPTIONS["max_tokens"](value, name)
+        params = list_args(labels, limit, offset)
         reply = self._call("session/list", params, timeout)
         entries = reply.get("sessions") if isinstance(reply, dict) else None
         return [structure(e, SessionInfo) for e in entries or [] if isinstance(e, dict)]

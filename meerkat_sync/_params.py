@@ -31,9 +31,7 @@ def prompt_to_wire(prompt: Any, name: str = "prompt") -> Content:
     if isinstance(prompt, str):
         return prompt
     if not isinstance(prompt, (list, tuple)):
-        raise invalid(
-            f"{name} must be a string or a list of content blocks, not {type(prompt).__name__}"
-        )
+        raise invalid(f"{name} must be a string or a list of content blocks, not {type(prompt).__name__}")
     if not prompt:
         raise invalid(f"{name} is an empty list; give at least one content block")
     return [_block_to_wire(block, f"{name}[{i}]") for i, block in enumerate(prompt)]
@@ -186,9 +184,7 @@ def _tools(value: Any, name: str) -> Any:
             isinstance(tool.get(k), t)
             for k, t in (("name", str), ("description", str), ("input_schema", Mapping))
         ):
-            raise invalid(
-                f"{name}[{i}] needs 'name' (str), 'description' (str) and 'input_schema' (dict)"
-            )
+            raise invalid(f"{name}[{i}] needs 'name' (str), 'description' (str) and 'input_schema' (dict)")
     return _json([dict(t) for t in value], name)
 
 
@@ -242,9 +238,7 @@ def build_params(
     for name, value in options.items():
         check = allowed.get(name)
         if check is None:
-            raise invalid(
-                f"{method} does not take {name!r}; valid options: {', '.join(sorted(allowed))}"
-            )
+            raise invalid(f"{method} does not take {name!r}; valid options: {', '.join(sorted(allowed))}")
         if value is not None:
             params[name] = check(value, name)
     if "provider" in params and "model" not in params and method == "turn/start":
@@ -256,6 +250,17 @@ def session_id_arg(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise invalid(f"session_id must be a non-empty string, not {value!r}")
     return value
+
+
+def list_args(labels: Any, limit: Any, offset: Any) -> Dict[str, Any]:
+    """``session/list`` params: all optional, ``None`` not sent."""
+    params: Dict[str, Any] = {}
+    if labels is not None:
+        params["labels"] = _str_map(labels, "labels")
+    for name, value in (("limit", limit), ("offset", offset)):
+        if value is not None:
+            params[name] = _count(value, name)
+    return params
 
 
 def page_args(offset: Any, limit: Any) -> Dict[str, Any]:
@@ -306,9 +311,7 @@ def connect_flags(
         flags += ["--instance", _str(instance_id, "instance_id")]
     if realm_backend is not None:
         if realm_backend not in REALM_BACKENDS:
-            raise invalid(
-                f"realm_backend must be one of {', '.join(REALM_BACKENDS)}, not {realm_backend!r}"
-            )
+            raise invalid(f"realm_backend must be one of {', '.join(REALM_BACKENDS)}, not {realm_backend!r}")
         flags += ["--realm-backend", realm_backend]
     for flag, value, name in (
         ("--state-root", state_root, "state_root"),
