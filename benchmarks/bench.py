@@ -9,9 +9,9 @@ Run from the repository root, in an environment with ``pip install -e ".[bench]"
 Every measurement runs in its own child process (``--child``), against a fresh scripted
 runtime started through the same launcher script for both clients, so one workload can
 never warm up, slow down or leak into another, and peak RSS is that of a single client.
-Repetitions alternate the order of the clients. The parent prints a table and writes
-``benchmarks/results.json``. ``--profile WORKLOAD`` runs one meerkat_sync workload
-in-process under cProfile (every thread) and prints its hot spots instead.
+Repetitions rotate the order of the clients. The parent prints a table and writes
+``benchmarks/results.json``. ``--profile WORKLOAD`` samples one meerkat_sync workload with
+py-spy and prints its hot spots instead.
 
 See benchmarks/README.md for what each row and column means.
 """
@@ -47,6 +47,7 @@ Result = Dict[str, Any]
 
 FULL: Params = {
     "repeats": 3,
+    "stream_repeats": 5,
     "rt_calls": 2000,
     "rt_warmup": 200,
     "stream_events": 200_000,
@@ -66,6 +67,7 @@ FULL: Params = {
 QUICK: Params = {
     **FULL,
     "repeats": 1,
+    "stream_repeats": 1,
     "rt_calls": 500,
     "rt_warmup": 50,
     "stream_events": 50_000,
@@ -88,8 +90,15 @@ def bulk_prompt(count: int, delta: str) -> str:
 
 
 def chunks_prompt(count: int) -> str:
-    """A scripted reply of ``count`` small deltas, written one line at a time like a model."""
+    """A scripted reply of ``count`` small deltas, each encoded and written on its own."""
     return "fake:" + json.dumps({"chunks": [f"tok{i} " for i in range(count)], "delay_ms": 0})
+
+
+def turn_prompt(p: Params) -> str:
+    """The concurrency turn: pre-encoded (``bulk``) unless ``lines`` asks for one write per event."""
+    if p.get("conc_mode") == "lines":
+        return chunks_prompt(p["conc_deltas"])
+    return bulk_prompt(p["conc_deltas"], "tok ")
 
 
 def proc_cpu_seconds(pid: Optional[int]) -> Optional[float]:
@@ -274,7 +283,7 @@ def floor_connect(p: Params) -> Result:
 def floor_concurrency(p: Params) -> Result:
     """The concurrency workload driven by one thread with bare pipes: what the server allows."""
     n_sessions, turns = p["conc_sessions"], p["conc_turns"]
-    prompt = chunks_prompt(p["conc_deltas"])
+    prompt = turn_prompt(p)
     proc = subprocess.Popen(
         [p["launcher"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -329,7 +338,7 @@ def sync_concurrency(p: Params) -> Result:
     from concurrent.futures import ThreadPoolExecutor
 
     n_sessions, turns = p["conc_sessions"], p["conc_turns"]
-    prompt = chunks_prompt(p["conc_deltas"])
+    prompt = turn_prompt(p)
     with _sync_client(p["launcher"]) as client:
         with ThreadPoolExecutor(max_workers=n_sessions) as pool:
             sessions = list(pool.map(lambda i: client.create_session(f"bench {i}"), range(n_sessions)))
@@ -369,7 +378,7 @@ def sync_concurrency_creates(p: Params) -> Result:
         errors: List[str] = []
 
         def worker(index: int) -> None:
-            prompt = chunks_prompt(p["conc_deltas"]) + f" (session {index})"
+            prompt = turn_prompt(p) + f" (session {index})"
             barrier.wait()
             try:
                 n = 0
@@ -573,7 +582,7 @@ def _sdk_hang_report(client: Any, events: int, timeout: float) -> Result:
 
 async def sdk_concurrency(p: Params) -> Result:
     n_sessions, turns = p["conc_sessions"], p["conc_turns"]
-    prompt = chunks_prompt(p["conc_deltas"])
+    prompt = turn_prompt(p)
     client = await _sdk_client(p["launcher"])
     counts: List[List[int]] = [[] for _ in range(n_sessions)]
     errors: List[str] = []
@@ -607,7 +616,7 @@ async def sdk_concurrency_creates(p: Params) -> Result:
     try:
 
         async def worker(index: int) -> None:
-            prompt = chunks_prompt(p["conc_deltas"]) + f" (session {index})"
+            prompt = turn_prompt(p) + f" (session {index})"
             try:
                 n = 0
                 async with client.create_session_streaming(prompt) as stream:
@@ -678,6 +687,7 @@ SYNC_WORKLOADS: Dict[str, Callable[[Params], Result]] = {
     "stream": sync_stream,
     "stream_bigtext": sync_stream,
     "concurrency": sync_concurrency,
+    "concurrency_lines": sync_concurrency,
     "concurrency_creates": sync_concurrency_creates,
     "connect": sync_connect,
     "memory_slow": sync_memory,
@@ -688,6 +698,7 @@ SDK_WORKLOADS: Dict[str, Callable[[Params], Any]] = {
     "stream": sdk_stream,
     "stream_bigtext": sdk_stream,
     "concurrency": sdk_concurrency,
+    "concurrency_lines": sdk_concurrency,
     "concurrency_creates": sdk_concurrency_creates,
     "connect": sdk_connect,
     "memory_slow": sdk_memory,
@@ -700,7 +711,8 @@ def run_child(spec: Params) -> Result:
     os.environ["MEERKAT_BIN_PATH"] = spec["launcher"]  # the SDK prefers it over rkat_path
     workload, client = spec["workload"], spec["client"]
     if client == FLOOR:
-        floors = {"connect": floor_connect, "concurrency": floor_concurrency}
+        floors = {"connect": floor_connect, "concurrency": floor_concurrency,
+                  "concurrency_lines": floor_concurrency}
         return floors.get(workload, floor_stream)(spec)
     if client == SYNC:
         return SYNC_WORKLOADS[workload](spec)
@@ -760,13 +772,14 @@ def plan(cfg: Params, launcher: str, only: Optional[List[str]]) -> List[Job]:
                 jobs.append(Job(workload, client, rep, params, timeout))
 
     add("roundtrip", [SYNC, SDK], reps, 180)
-    add("stream", [SYNC, SDK, FLOOR], reps, 180, delta="")
+    add("stream", [SYNC, SDK, FLOOR], cfg["stream_repeats"], 180, delta="")
     big = "x" * max(1, cfg["bigtext_bytes"] // cfg["stream_events"])
     add("stream_bigtext", [SYNC, FLOOR], reps, 180, delta=big)
     add("stream_bigtext", [SDK], 1, 120, delta=big, hang_timeout=cfg["sdk_hang_timeout"])
     if have_orjson():
         add("stream_orjson_floor", [FLOOR], reps, 180, delta="", parser="orjson")
     add("concurrency", [SYNC, SDK, FLOOR], reps, 180)
+    add("concurrency_lines", [SYNC, SDK, FLOOR], reps, 180, conc_mode="lines")
     add("concurrency_creates", [SYNC, SDK], 1, 120)
     runs = max(1, cfg["connect_runs"] // reps)
     add("connect", [SYNC, SDK, FLOOR], reps, 180, connect_runs=runs)
@@ -981,7 +994,35 @@ def summarise(raw: Dict[str, Dict[str, List[Result]]]) -> Dict[str, Dict[str, An
                 events = r["events"] or None
                 entry["bytes_per_event"] = None if events is None else r["growth_mib"] * 2**20 / events
             out[workload][client] = entry
+        sync_entry = out[workload].get(SYNC)
+        for other in (SDK, FLOOR):
+            for key in ("events_per_s", "turns_per_s"):
+                pairs = paired_ratios(by_client.get(SYNC, []), by_client.get(other, []), key)
+                if pairs and sync_entry is not None and not sync_entry.get("errors"):
+                    sync_entry[f"{key}_vs_{other}"] = {"median": statistics.median(pairs), "per_rep": pairs}
     return out
+
+
+def paired_ratios(mine: List[Result], theirs: List[Result], key: str) -> List[float]:
+    """meerkat_sync / other, repetition by repetition (each pair ran back to back)."""
+    return [
+        a[key] / b[key]
+        for a, b in zip(mine, theirs)
+        if "failed" not in a and "failed" not in b and a.get(key) and b.get(key) and not b.get("errors")
+    ]
+
+
+def sync_ratio(summary: Dict[str, Dict[str, Any]], workload: str, key: str, other: str) -> Optional[float]:
+    """The paired ratio when there is one, else the ratio of the two medians."""
+    entries = summary.get(workload, {})
+    mine, theirs = entries.get(SYNC, {}), entries.get(other, {})
+    paired = mine.get(f"{key}_vs_{other}")
+    if paired is not None:
+        return float(paired["median"])
+    if mine.get("errors") or theirs.get("errors"):
+        return None
+    a, b = mine.get(key), theirs.get(key)
+    return ratio(a, b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
 
 
 # --- the table -----------------------------------------------------------------------------
@@ -1002,10 +1043,6 @@ def build_rows(summary: Dict[str, Dict[str, Any]], cfg: Params) -> List[List[str
         value = summary.get(workload, {}).get(client, {}).get(key)
         return value if isinstance(value, (int, float)) else None
 
-    def usable(workload: str, client: str, key: str) -> Optional[float]:
-        entry = summary.get(workload, {}).get(client, {})
-        return None if entry.get("errors") else get(workload, client, key)
-
     def cell(workload: str, client: str, key: str, spec: str) -> str:
         entry = summary.get(workload, {}).get(client)
         if entry is None:
@@ -1021,16 +1058,15 @@ def build_rows(summary: Dict[str, Dict[str, Any]], cfg: Params) -> List[List[str
     def row(label: str, workload: str, key: str, spec: str, floor: bool = False) -> None:
         if workload not in summary:
             return
-        s, k = usable(workload, SYNC, key), usable(workload, SDK, key)
         f = get(workload, FLOOR, key) if floor else None
         rows.append(
             [
                 label,
                 cell(workload, SYNC, key, spec),
                 cell(workload, SDK, key, spec),
-                fmt(ratio(s, k), ".2f"),
+                fmt(sync_ratio(summary, workload, key, SDK), ".2f"),
                 fmt(f, spec) if floor else "",
-                fmt(ratio(s, f), ".2f") if floor else "",
+                fmt(sync_ratio(summary, workload, key, FLOOR), ".2f") if floor else "",
             ]
         )
 
@@ -1045,9 +1081,11 @@ def build_rows(summary: Dict[str, Dict[str, Any]], cfg: Params) -> List[List[str
         s = summary["stream"].get(SYNC, {}).get("events_per_s")
         f = summary["stream_orjson_floor"].get(FLOOR, {}).get("events_per_s")
         rows.append(["  floor with orjson.loads instead of json.loads", "", "", "",
-                     fmt(f, ",.0f"), fmt(ratio(s, f), ".2f")])
+                     fmt(f, ",.0f"), fmt(ratio(s, f), ".2f")])  # different runs: ratio of medians
     row(f"concurrency {cfg['conc_sessions']} x {cfg['conc_turns']} turns x {cfg['conc_deltas']}"
         " deltas, turns/s", "concurrency", "turns_per_s", ",.1f", floor=True)
+    row("  the same, one write per event (server-bound)", "concurrency_lines", "turns_per_s", ",.1f",
+        floor=True)
     row(f"concurrency {cfg['conc_sessions']} streaming creates at once, turns/s",
         "concurrency_creates", "turns_per_s", ",.1f")
     row("connect p50, ms (lower is better)", "connect", "p50_ms", ",.1f", floor=True)
@@ -1087,11 +1125,11 @@ def targets(summary: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     def check(name: str, value: Optional[float], goal: str, ok: Optional[bool]) -> None:
         out.append({"target": name, "value": value, "goal": goal, "met": ok})
 
-    r = ratio(get("stream", SYNC, "events_per_s"), get("stream", SDK, "events_per_s"))
+    r = sync_ratio(summary, "stream", "events_per_s", SDK)
     check("stream throughput vs SDK", r, ">= 2.0x", None if r is None else r >= 2.0)
-    r = ratio(get("stream", SYNC, "events_per_s"), get("stream", FLOOR, "events_per_s"))
+    r = sync_ratio(summary, "stream", "events_per_s", FLOOR)
     check("stream throughput vs floor", r, ">= 0.6x", None if r is None else r >= 0.6)
-    r = ratio(get("concurrency", SYNC, "turns_per_s"), get("concurrency", SDK, "turns_per_s"))
+    r = sync_ratio(summary, "concurrency", "turns_per_s", SDK)
     check("concurrency turns/s vs SDK", r, ">= 1.0x", None if r is None else r >= 1.0)
     r = ratio(get("roundtrip", SYNC, "p50_us"), get("roundtrip", SDK, "p50_us"))
     check("round-trip p50 vs SDK", r, "<= 1.0x", None if r is None else r <= 1.0)
@@ -1182,7 +1220,7 @@ def parent_main(args: argparse.Namespace) -> int:
         return 2
     cfg = dict(QUICK if args.quick else FULL)
     if args.repeats:
-        cfg["repeats"] = args.repeats
+        cfg["repeats"] = cfg["stream_repeats"] = args.repeats
     only = args.only.split(",") if args.only else None
 
     def on_term(_signum: int, _frame: Any) -> None:
