@@ -30,6 +30,9 @@ log = logging.getLogger("meerkat_sync")
 
 TERMINAL = frozenset({"run_completed", "run_failed"})
 
+#: What a full stream buffer may drop: the high-volume deltas, never the run's structure.
+_DROPPABLE = frozenset({"text_delta", "reasoning_delta"})
+
 #: Events kept for not-yet-attributable sessions, across all of them.
 ORPHAN_LIMIT = 20000
 
@@ -92,11 +95,12 @@ class RunSink:
         # skipped after this moment instead of blocking the session's FIFO forever.
         self.expires_at: Optional[float] = None
 
-    def push(self, envelope: Dict[str, Any], terminal: bool) -> None:
+    def push(self, envelope: Dict[str, Any], kind: Any, terminal: bool) -> None:
         self.started = True
         if self.deliver:
-            if self.items.qsize() >= self.limit:
-                # The consumer fell behind: drop the newest, never block the reader.
+            if kind in _DROPPABLE and self.items.qsize() >= self.limit:
+                # The consumer fell behind: drop the newest deltas, never block the reader.
+                # Other events are rare and carry the run's structure, so they always pass.
                 self.dropped += 1
             else:
                 self._flush_dropped("stream buffer full: the consumer fell behind")
@@ -234,7 +238,7 @@ class EventRouter:
         if sink is not None:
             if missing:
                 sink.lost(missing, "the server dropped events (seq gap)")
-            sink.push(envelope, kind in TERMINAL)
+            sink.push(envelope, kind, kind in TERMINAL)
 
     def _adopt(
         self, session_id: str, kind: Any, payload: Dict[str, Any], envelope: Dict[str, Any]

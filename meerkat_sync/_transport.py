@@ -43,6 +43,21 @@ class ExitInfo:
         return f"rkat-rpc stdout closed ({status})" + (f"; stderr tail:\n{tail}" if tail else "")
 
 
+def _decoder() -> Callable[[bytes], Any]:
+    """``orjson.loads`` when the ``fast`` extra is installed, else a prebuilt stdlib decoder."""
+    try:
+        import orjson  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        decode = json.JSONDecoder().decode
+
+        def loads(line: bytes) -> Any:
+            return decode(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError too
+
+        return loads
+    fast: Callable[[bytes], Any] = orjson.loads
+    return fast
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
     """One compact JSON line; raises ``TypeError``/``ValueError`` for values JSON cannot hold."""
     return (
@@ -129,7 +144,7 @@ class Transport:
         assert proc is not None and proc.stdout is not None
         stdout: IO[bytes] = proc.stdout
         on_message = self._on_message
-        loads = json.loads
+        loads = _decoder()
         try:
             for line in stdout:
                 try:

@@ -29,6 +29,9 @@ def test_overflow_drops_newest_and_reports_the_count_then_delivers_the_result() 
         # Every one of the run's 405 events is either received or counted as dropped.
         assert truncated and 1 + len(received) + sum(t.dropped for t in truncated) == 405
         assert len(deltas) < 400
+        # Only deltas are ever dropped: the run's structure always arrives.
+        kinds = [e.type for e in received]
+        assert kinds[-3:] == ["text_complete", "turn_completed", "run_completed"]
         positions = [chunks.index(d) for d in deltas]
         assert positions == sorted(positions)  # what arrives is in order; the newest were dropped
         for before, after in zip(received, received[1:]):  # each gap sits behind a StreamTruncated
