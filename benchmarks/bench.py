@@ -133,6 +133,24 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def _run_together(count: int, worker: Callable[[int], None], pid: Optional[int]) -> Meter:
+    """Start ``count`` worker threads, release them at once, and meter until all are done."""
+    barrier = threading.Barrier(count + 1)
+
+    def gated(index: int) -> None:
+        barrier.wait()
+        worker(index)
+
+    threads = [threading.Thread(target=gated, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    with Meter(pid) as meter:
+        barrier.wait()
+        for thread in threads:
+            thread.join()
+    return meter
+
+
 class Meter:
     """Wall time, this process's CPU time and the server's CPU time over one measurement."""
 
@@ -342,13 +360,11 @@ def sync_concurrency(p: Params) -> Result:
     with _sync_client(p["launcher"]) as client:
         with ThreadPoolExecutor(max_workers=n_sessions) as pool:
             sessions = list(pool.map(lambda i: client.create_session(f"bench {i}"), range(n_sessions)))
-        barrier = threading.Barrier(n_sessions + 1)
         counts: List[List[int]] = [[] for _ in range(n_sessions)]
         errors: List[str] = []
 
         def worker(index: int) -> None:
             session = sessions[index]
-            barrier.wait()
             try:
                 for _ in range(turns):
                     n = 0
@@ -359,13 +375,7 @@ def sync_concurrency(p: Params) -> Result:
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n_sessions)]
-        for thread in threads:
-            thread.start()
-        with Meter(client.pid) as meter:
-            barrier.wait()
-            for thread in threads:
-                thread.join()
+        meter = _run_together(n_sessions, worker, client.pid)
     return _concurrency_result(counts, errors, meter)
 
 
@@ -373,13 +383,11 @@ def sync_concurrency_creates(p: Params) -> Result:
     """Every worker creates its own session with a streamed first turn, all at once."""
     n_sessions = p["conc_sessions"]
     with _sync_client(p["launcher"]) as client:
-        barrier = threading.Barrier(n_sessions + 1)
         counts: List[List[int]] = [[] for _ in range(n_sessions)]
         errors: List[str] = []
 
         def worker(index: int) -> None:
             prompt = turn_prompt(p) + f" (session {index})"
-            barrier.wait()
             try:
                 n = 0
                 with client.create_session_streaming(prompt) as stream:
@@ -389,13 +397,7 @@ def sync_concurrency_creates(p: Params) -> Result:
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n_sessions)]
-        for thread in threads:
-            thread.start()
-        with Meter(client.pid) as meter:
-            barrier.wait()
-            for thread in threads:
-                thread.join()
+        meter = _run_together(n_sessions, worker, client.pid)
     return _concurrency_result(counts, errors, meter)
 
 
