@@ -133,6 +133,12 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def _count_events(stream: Any) -> int:
+    """Consume a meerkat_sync EventStream, counting its events."""
+    with stream:
+        return sum(1 for _event in stream)
+
+
 def _run_together(count: int, worker: Callable[[int], None], pid: Optional[int]) -> Meter:
     """Start ``count`` worker threads, release them at once, and meter until all are done."""
     barrier = threading.Barrier(count + 1)
@@ -367,11 +373,7 @@ def sync_concurrency(p: Params) -> Result:
             session = sessions[index]
             try:
                 for _ in range(turns):
-                    n = 0
-                    with session.stream(prompt) as stream:
-                        for _event in stream:
-                            n += 1
-                    counts[index].append(n)
+                    counts[index].append(_count_events(session.stream(prompt)))
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -389,11 +391,7 @@ def sync_concurrency_creates(p: Params) -> Result:
         def worker(index: int) -> None:
             prompt = turn_prompt(p) + f" (session {index})"
             try:
-                n = 0
-                with client.create_session_streaming(prompt) as stream:
-                    for _event in stream:
-                        n += 1
-                counts[index].append(n)
+                counts[index].append(_count_events(client.create_session_streaming(prompt)))
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 

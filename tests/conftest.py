@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterator
+import threading
+import time
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from meerkat_sync import MeerkatClient
+from meerkat_sync import MeerkatClient, MeerkatError, Session
 from meerkat_sync.testing import scripted_client
 
 
 def fake(**spec: Any) -> str:
     """A prompt that scripts its own reply (the runtime's inline ``fake:`` directive)."""
     return "fake:" + json.dumps(spec)
+
+
+def hang_in_background(session: Session) -> Tuple[threading.Thread, List[MeerkatError]]:
+    """Start a never-ending turn on another thread; the list gets its error when it fails."""
+    errors: List[MeerkatError] = []
+
+    def wait() -> None:
+        try:
+            session.turn(fake(hang=True))
+        except MeerkatError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)  # let the turn reach the server
+    return thread, errors
 
 
 @pytest.fixture

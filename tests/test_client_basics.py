@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 import warnings
 
 import pytest
-from conftest import fake
+from conftest import fake, hang_in_background
 
 from meerkat_sync import (
     CONTRACT_VERSION,
@@ -94,21 +93,11 @@ def test_not_connected_and_closed_states() -> None:
 def test_close_wakes_a_waiting_turn_with_client_closed() -> None:
     c = scripted_client().connect()
     session = c.create_session("hi")
-    errors = []
-
-    def wait() -> None:
-        try:
-            session.turn(fake(hang=True))
-        except MeerkatError as exc:
-            errors.append(exc.code)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    time.sleep(0.3)
+    t, errors = hang_in_background(session)
     started = time.monotonic()
     c.close()
     t.join(5)
-    assert errors == ["CLIENT_CLOSED"]
+    assert [e.code for e in errors] == ["CLIENT_CLOSED"]
     assert time.monotonic() - started < 5
 
 
@@ -235,17 +224,7 @@ def test_attach_to_an_existing_session_by_id(client: MeerkatClient) -> None:
 
 def test_interrupt_stops_a_running_turn(client: MeerkatClient) -> None:
     session = client.create_session("hi")
-    errors = []
-
-    def run() -> None:
-        try:
-            session.turn(fake(hang=True))
-        except MeerkatError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    time.sleep(0.3)
+    t, errors = hang_in_background(session)
     session.interrupt()
     t.join(5)
     assert not t.is_alive()

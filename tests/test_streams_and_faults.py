@@ -9,7 +9,7 @@ import time
 from typing import List
 
 import pytest
-from conftest import fake
+from conftest import fake, hang_in_background
 
 from meerkat_sync import MeerkatClient, MeerkatError, MeerkatTimeoutError, RunCompleted, TextDelta
 from meerkat_sync.testing import scripted_client
@@ -178,20 +178,10 @@ def test_restart_respawns_after_a_crash_but_never_retries_a_turn() -> None:
         session = client.create_session("hi")
         first_pid = client.pid
         assert first_pid is not None
-        failures: List[str] = []
-
-        def in_flight() -> None:
-            try:
-                session.turn(fake(hang=True))
-            except MeerkatError as exc:
-                failures.append(exc.code)
-
-        t = threading.Thread(target=in_flight)
-        t.start()
-        time.sleep(0.3)
+        t, failures = hang_in_background(session)
         os.kill(first_pid, signal.SIGKILL)
         t.join(5)
-        assert failures == ["CONNECTION_CLOSED"]  # the in-flight turn failed, it was not retried
+        assert [e.code for e in failures] == ["CONNECTION_CLOSED"]  # failed in flight, not retried
         assert client.closed  # until the next call
         results: List[str] = []
 
