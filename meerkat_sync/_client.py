@@ -55,6 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meerkat_sync")
 
+
+def _client_closed() -> MeerkatError:
+    return MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
+
+
 T = TypeVar("T")
 
 _MOB_METHODS = ("mob/create", "mob/list", "mob/call")
@@ -86,8 +91,9 @@ class MeerkatClient:
     survive only if the realm persists them (``connect(realm_id=...)``).
 
     ``stream_buffer`` bounds each stream's queue: a consumer that falls further behind
-    loses the newest events and then sees a ``StreamTruncated`` with the count, while the
-    reader keeps draining stdout and the run's result is still delivered.
+    loses the newest deltas (never the run's lifecycle events) and then sees a
+    ``StreamTruncated`` with the count, while the reader keeps draining stdout and the
+    run's result is still delivered.
     """
 
     def __init__(
@@ -165,7 +171,7 @@ class MeerkatClient:
         deadline = Deadline(resolve_timeout(timeout, self._connect_timeout))
         with self._lock:
             if self._closed:
-                raise MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
+                raise _client_closed()
             if self._endpoint is not None:
                 raise MeerkatError("INVALID_ARGS", "the client is already connected")
             self._flags = flags
@@ -221,7 +227,7 @@ class MeerkatClient:
             with self._lock:
                 if self._closed:
                     transport.close(1.0)
-                    raise MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
+                    raise _client_closed()
                 self._router, self._endpoint, self._transport = router, endpoint, transport
 
     def _handshake(self, deadline: Deadline, endpoint: Endpoint) -> None:
@@ -385,7 +391,7 @@ class MeerkatClient:
         endpoint, router = self._endpoint, self._router
         if endpoint is None or router is None:
             if self._closed:
-                raise MeerkatError("CLIENT_CLOSED", "this client was closed; create a new MeerkatClient")
+                raise _client_closed()
             raise MeerkatError(
                 "NOT_CONNECTED",
                 "the client is not connected; call connect() or use `with MeerkatClient() as client:`",

@@ -32,6 +32,7 @@ TERMINAL = frozenset({"run_completed", "run_failed"})
 
 #: What a full stream buffer may drop: the high-volume deltas, never the run's structure.
 _DROPPABLE = frozenset({"text_delta", "reasoning_delta"})
+_OVERFLOW = "stream buffer full: the consumer fell behind"
 
 #: Events kept for not-yet-attributable sessions, across all of them.
 ORPHAN_LIMIT = 20000
@@ -103,7 +104,7 @@ class RunSink:
                 # Other events are rare and carry the run's structure, so they always pass.
                 self.dropped += 1
             else:
-                self._flush_dropped("stream buffer full: the consumer fell behind")
+                self._flush_dropped(_OVERFLOW)
                 self.items.put(envelope)
         if terminal:
             self.end_run()
@@ -122,7 +123,7 @@ class RunSink:
         if not self.run_ended:
             self.run_ended = True
             if self.deliver:
-                self._flush_dropped("stream buffer full: the consumer fell behind")
+                self._flush_dropped(_OVERFLOW)
                 self.items.put(RUN_END)
 
 
