@@ -139,6 +139,15 @@ def _count_events(stream: Any) -> int:
         return sum(1 for _event in stream)
 
 
+async def _count_sdk_events(stream: Any) -> int:
+    """Consume an official-SDK EventStream (async context manager and iterator), counting events."""
+    n = 0
+    async with stream:
+        async for _event in stream:
+            n += 1
+    return n
+
+
 def _run_together(count: int, worker: Callable[[int], None], pid: Optional[int]) -> Meter:
     """Start ``count`` worker threads, release them at once, and meter until all are done."""
     barrier = threading.Barrier(count + 1)
@@ -593,11 +602,7 @@ async def sdk_concurrency(p: Params) -> Result:
             session = sessions[index]
             try:
                 for _ in range(turns):
-                    n = 0
-                    async with session.stream(prompt) as stream:
-                        async for _event in stream:
-                            n += 1
-                    counts[index].append(n)
+                    counts[index].append(await _count_sdk_events(session.stream(prompt)))
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -618,11 +623,7 @@ async def sdk_concurrency_creates(p: Params) -> Result:
         async def worker(index: int) -> None:
             prompt = turn_prompt(p) + f" (session {index})"
             try:
-                n = 0
-                async with client.create_session_streaming(prompt) as stream:
-                    async for _event in stream:
-                        n += 1
-                counts[index].append(n)
+                counts[index].append(await _count_sdk_events(client.create_session_streaming(prompt)))
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -711,8 +712,11 @@ def run_child(spec: Params) -> Result:
     os.environ["MEERKAT_BIN_PATH"] = spec["launcher"]  # the SDK prefers it over rkat_path
     workload, client = spec["workload"], spec["client"]
     if client == FLOOR:
-        floors = {"connect": floor_connect, "concurrency": floor_concurrency,
-                  "concurrency_lines": floor_concurrency}
+        floors = {
+            "connect": floor_connect,
+            "concurrency": floor_concurrency,
+            "concurrency_lines": floor_concurrency,
+        }
         return floors.get(workload, floor_stream)(spec)
     if client == SYNC:
         return SYNC_WORKLOADS[workload](spec)
@@ -958,9 +962,7 @@ def summarise(raw: Dict[str, Dict[str, List[Result]]]) -> Dict[str, Dict[str, An
                 )
             if ok and "samples_ms" in ok[0]:
                 pooled = [s for r in ok for s in r["samples_ms"]]
-                entry.update(
-                    p50_ms=percentile(pooled, 50), min_ms=min(pooled), p90_ms=percentile(pooled, 90)
-                )
+                entry.update(p50_ms=percentile(pooled, 50), min_ms=min(pooled), p90_ms=percentile(pooled, 90))
             for key in ("events_per_s", "turns_per_s"):
                 value = median_of(runs, key)
                 if value is not None:
@@ -1071,23 +1073,55 @@ def build_rows(summary: Dict[str, Dict[str, Any]], cfg: Params) -> List[List[str
         )
 
     n = cfg["stream_events"]
-    row(f"round trip p50, us (lower is better; {cfg['rt_calls']:,} calls x {cfg['repeats']})",
-        "roundtrip", "p50_us", ",.0f")
+    row(
+        f"round trip p50, us (lower is better; {cfg['rt_calls']:,} calls x {cfg['repeats']})",
+        "roundtrip",
+        "p50_us",
+        ",.0f",
+    )
     row("round trip p99, us (lower is better)", "roundtrip", "p99_us", ",.0f")
     row(f"stream {n:,} deltas, events/s (empty deltas)", "stream", "events_per_s", ",.0f", floor=True)
-    row(f"stream {n:,} deltas, events/s ({n // 1000:,} KB final text)", "stream_bigtext",
-        "events_per_s", ",.0f", floor=True)
+    row(
+        f"stream {n:,} deltas, events/s ({n // 1000:,} KB final text)",
+        "stream_bigtext",
+        "events_per_s",
+        ",.0f",
+        floor=True,
+    )
     if "stream_orjson_floor" in summary and "stream" in summary:
         s = summary["stream"].get(SYNC, {}).get("events_per_s")
         f = summary["stream_orjson_floor"].get(FLOOR, {}).get("events_per_s")
-        rows.append(["  floor with orjson.loads instead of json.loads", "", "", "",
-                     fmt(f, ",.0f"), fmt(ratio(s, f), ".2f")])  # different runs: ratio of medians
-    row(f"concurrency {cfg['conc_sessions']} x {cfg['conc_turns']} turns x {cfg['conc_deltas']}"
-        " deltas, turns/s", "concurrency", "turns_per_s", ",.1f", floor=True)
-    row("  the same, one write per event (server-bound)", "concurrency_lines", "turns_per_s", ",.1f",
-        floor=True)
-    row(f"concurrency {cfg['conc_sessions']} streaming creates at once, turns/s",
-        "concurrency_creates", "turns_per_s", ",.1f")
+        rows.append(
+            [
+                "  floor with orjson.loads instead of json.loads",
+                "",
+                "",
+                "",
+                fmt(f, ",.0f"),
+                fmt(ratio(s, f), ".2f"),
+            ]
+        )  # different runs: ratio of medians
+    row(
+        f"concurrency {cfg['conc_sessions']} x {cfg['conc_turns']} turns x {cfg['conc_deltas']}"
+        " deltas, turns/s",
+        "concurrency",
+        "turns_per_s",
+        ",.1f",
+        floor=True,
+    )
+    row(
+        "  the same, one write per event (server-bound)",
+        "concurrency_lines",
+        "turns_per_s",
+        ",.1f",
+        floor=True,
+    )
+    row(
+        f"concurrency {cfg['conc_sessions']} streaming creates at once, turns/s",
+        "concurrency_creates",
+        "turns_per_s",
+        ",.1f",
+    )
     row("connect p50, ms (lower is better)", "connect", "p50_ms", ",.1f", floor=True)
     m = cfg["mem_events"]
     row(f"memory, {m:,} events read slowly: peak RSS MiB", "memory_slow", "peak_rss_mib", ",.1f")
@@ -1135,8 +1169,12 @@ def targets(summary: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     check("round-trip p50 vs SDK", r, "<= 1.0x", None if r is None else r <= 1.0)
     for workload in ("memory_slow", "memory_unconsumed"):
         g = get(workload, SYNC, "growth_mib")
-        check(f"{workload}: RSS growth, MiB", g, f"<= {MEMORY_BOUND_MIB:g} MiB",
-              None if g is None else g <= MEMORY_BOUND_MIB)
+        check(
+            f"{workload}: RSS growth, MiB",
+            g,
+            f"<= {MEMORY_BOUND_MIB:g} MiB",
+            None if g is None else g <= MEMORY_BOUND_MIB,
+        )
     return out
 
 
@@ -1251,10 +1289,12 @@ def parent_main(args: argparse.Namespace) -> int:
     src = info["source"]
     dirty = f" + uncommitted changes to {', '.join(src['uncommitted'])}" if src["uncommitted"] else ""
     print(f"meerkat_sync at {src['commit']}{dirty}")
-    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']} "
-          f"({info['platform']}); meerkat-sdk {info['meerkat_sdk']}; "
-          f"{'quick' if args.quick else 'full'} run, {cfg['repeats']} repetition(s), "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']} "
+        f"({info['platform']}); meerkat-sdk {info['meerkat_sdk']}; "
+        f"{'quick' if args.quick else 'full'} run, {cfg['repeats']} repetition(s), "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     print()
     print(render(build_rows(summary, cfg)))
     notes = footnotes(summary, cfg["max_foreign_cores"])
@@ -1356,12 +1396,32 @@ def profile_main(args: argparse.Namespace) -> int:
         print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="meerkat-bench-") as tmp:
-        spec = {**cfg, "workload": workload, "client": SYNC, "launcher": write_launcher(tmp),
-                "delta": "", "mode": "slow" if workload == "memory_slow" else "unconsumed"}
+        spec = {
+            **cfg,
+            "workload": workload,
+            "client": SYNC,
+            "launcher": write_launcher(tmp),
+            "delta": "",
+            "mode": "slow" if workload == "memory_slow" else "unconsumed",
+        }
         raw = Path(tmp) / "profile.txt"
-        cmd = [spy, "record", "--rate", str(args.rate), "--gil", "--threads", "--format", "raw",
-               "--output", str(raw), "--", sys.executable, str(Path(__file__).resolve()),
-               "--child", json.dumps(spec)]
+        cmd = [
+            spy,
+            "record",
+            "--rate",
+            str(args.rate),
+            "--gil",
+            "--threads",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            json.dumps(spec),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
         result_lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_MARK)]
         if not raw.exists() or not result_lines:
@@ -1393,9 +1453,15 @@ def rank_stacks(collapsed: str, top: int) -> str:
         joined = ";".join(frames)
         if "meerkat_sync" not in joined and "bench.py" not in joined:
             continue
-        role = ("reader thread" if "_read_stdout" in joined else
-                "stderr thread" if "_drain_stderr" in joined else
-                "consumer threads" if "worker (bench.py" in joined else "consumer (main thread)")
+        role = (
+            "reader thread"
+            if "_read_stdout" in joined
+            else "stderr thread"
+            if "_drain_stderr" in joined
+            else "consumer threads"
+            if "worker (bench.py" in joined
+            else "consumer (main thread)"
+        )
         n = int(count)
         roles[role] += n
         names = [clean(f) for f in frames]
@@ -1409,8 +1475,11 @@ def rank_stacks(collapsed: str, top: int) -> str:
         out.append("  self time (the function itself):")
         out += [f"    {c / total:6.1%}  {name}" for name, c in own[role].most_common(top)]
         out.append("  inclusive (meerkat_sync and json functions with their callees):")
-        ranked = [(name, c) for name, c in inclusive[role].most_common()
-                  if ("meerkat_sync" in name or "json" in name) and c / total >= 0.005]
+        ranked = [
+            (name, c)
+            for name, c in inclusive[role].most_common()
+            if ("meerkat_sync" in name or "json" in name) and c / total >= 0.005
+        ]
         out += [f"    {c / total:6.1%}  {name}" for name, c in ranked[:top]]
     return "\n".join(out)
 

@@ -539,12 +539,18 @@ def test_provider_without_model_fails_turn(shared: Wire) -> None:
     assert message.startswith("turn abandoned: apply failed: Apply failed: ")
 
 
-def test_interrupt_hanging_turn(shared: Wire) -> None:
-    result, _ = create(shared)
+def start_hanging_turn(wire: Wire) -> Tuple[str, int, Any]:
+    """A new session with a turn that runs until stopped: (session id, event mark, request id)."""
+    result, _ = create(wire)
     sid = result["session_id"]
-    mark = shared.mark()
-    turn_id = shared.request("turn/start", {"session_id": sid, "prompt": fake({"hang": True})})
-    shared.event_index(sid, "turn_started", mark)
+    mark = wire.mark()
+    turn_id = wire.request("turn/start", {"session_id": sid, "prompt": fake({"hang": True})})
+    wire.event_index(sid, "turn_started", mark)
+    return sid, mark, turn_id
+
+
+def test_interrupt_hanging_turn(shared: Wire) -> None:
+    sid, mark, turn_id = start_hanging_turn(shared)
     assert shared.result("turn/interrupt", {"session_id": sid}) == {"interrupted": True}
     message = shared.response(turn_id)
     assert message["error"]["code"] == -32603
@@ -556,11 +562,7 @@ def test_interrupt_hanging_turn(shared: Wire) -> None:
 
 
 def test_cancel_before_start_and_while_running(shared: Wire) -> None:
-    result, _ = create(shared)
-    sid = result["session_id"]
-    mark = shared.mark()
-    running = shared.request("turn/start", {"session_id": sid, "prompt": fake({"hang": True})})
-    shared.event_index(sid, "turn_started", mark)
+    sid, mark, running = start_hanging_turn(shared)
     queued = shared.request("turn/start", {"session_id": sid, "prompt": "queued"})
     # A cancel whose request_id has the wrong JSON type matches nothing.
     shared.notify("cancel", {"request_id": str(queued)})
