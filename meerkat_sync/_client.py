@@ -41,10 +41,11 @@ from ._params import (
     prompt_key,
     session_id_arg,
 )
-from ._routing import RESPONSE, STREAM_BUFFER, EventRouter, RunSink
+from ._routing import RESPONSE, STREAM_BUFFER, EventRouter, RunSink, bare_session_id
 from ._session import DeferredSession, Session
 from ._streaming import EventStream, RunHandle
 from ._transport import ExitInfo, Transport
+from ._turns import TurnGate
 from .errors import CapabilityUnavailableError, MeerkatError, MeerkatTimeoutError
 from .types import CONTRACT_VERSION, Capability, RunResult, SessionInfo
 
@@ -139,6 +140,7 @@ class MeerkatClient:
         self._capabilities: List[Capability] = []
         self._methods: FrozenSet[str] = frozenset()
         self._server_info: Dict[str, Any] = {}
+        self._gate = TurnGate()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("connected" if self._endpoint else "not connected")
@@ -437,17 +439,21 @@ class MeerkatClient:
         deliver: bool,
         create: bool,
         on_result: Callable[[RunResult], None],
+        deadline: Deadline,
     ) -> RunHandle:
         endpoint, router = self._parts()
         method = "session/create" if create else "turn/start"
-        sink = RunSink(
-            prompt_key, deliver, None if create or session is None else session.id, self._stream_buffer
-        )
+        gate_key = None if create or session is None else bare_session_id(session.id)
+        if gate_key is not None:
+            self._enter_turn(gate_key, endpoint, deadline)
+        sink = RunSink(prompt_key, deliver, gate_key, self._stream_buffer)
         register = router.add_create if create else router.add_turn
         try:
             request_id, raw = endpoint.request(method, params, before_send=lambda _: register(sink))
         except BaseException:
             router.release(sink, 0.0)
+            if gate_key is not None:
+                self._gate.release(gate_key, failed=False)
             raise
         result: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
         grace = self._stream_grace
@@ -468,6 +474,8 @@ class MeerkatClient:
                 result.set_result(run)
             else:
                 result.set_exception(error or MeerkatError("INVALID_RESPONSE", f"{method} failed"))
+            if gate_key is not None:
+                self._gate.release(gate_key, failed=_input_left_queued(error))
             router.mark_answered(sink, grace)
             sink.items.put(RESPONSE)
 
@@ -478,6 +486,23 @@ class MeerkatClient:
             cancel=lambda: endpoint.cancel(request_id, method),
             release=lambda: router.release(sink, grace),
         )
+
+    def _enter_turn(self, session_id: str, endpoint: Endpoint, deadline: Deadline) -> None:
+        """Wait for this session's previous turn; drop a failed one from the runtime's queue."""
+        reset = self._gate.acquire(session_id, deadline)
+        if not reset:
+            return
+        try:
+            left = deadline.remaining()
+            limit = self._request_timeout if left is None else min(left, self._request_timeout or left)
+            reply = self._call_until("runtime/reset", {"session_id": session_id}, Deadline(limit), endpoint)
+            log.debug("dropped %r queued input(s) of session %s after a failed turn", reply, session_id)
+        except MeerkatError as exc:
+            # E.g. a run the server started itself is going on: the turn will queue behind it.
+            log.debug("could not reset session %s after a failed turn: %s", session_id, exc)
+        except BaseException:
+            self._gate.release(session_id, failed=True)
+            raise
 
     def _run(
         self,
@@ -496,6 +521,7 @@ class MeerkatClient:
             deliver=False,
             create=create,
             on_result=session._record,
+            deadline=deadline,
         )
         try:
             return wait_future(handle.result, deadline, "the turn")
@@ -522,7 +548,7 @@ class MeerkatClient:
             target._record(result)
             stream._session = target
 
-        def start() -> RunHandle:
+        def start(deadline: Deadline) -> RunHandle:
             return self._start_run(
                 params,
                 session=session,
@@ -530,6 +556,7 @@ class MeerkatClient:
                 deliver=True,
                 create=create,
                 on_result=record,
+                deadline=deadline,
             )
 
         stream = EventStream(
@@ -544,6 +571,7 @@ class MeerkatClient:
     def _forget_session(self, session_id: str) -> None:
         if self._router is not None:
             self._router.forget_session(session_id)
+        self._gate.forget(bare_session_id(session_id))
 
     # --- notifications and exit -------------------------------------------------------------
 
@@ -569,6 +597,14 @@ class MeerkatClient:
         log.warning("%s", error.message)
         endpoint.fail_all(error)
         router.fail_all(error)
+
+
+def _input_left_queued(error: Optional[BaseException]) -> bool:
+    """Did a failed turn leave its input in the runtime's queue (to be replayed)?
+
+    Params the server rejected up front (-32602) never reached the queue.
+    """
+    return error is not None and not (isinstance(error, MeerkatError) and error.rpc_code == -32602)
 
 
 #: Clients to close at interpreter exit, so no rkat-rpc outlives the script.

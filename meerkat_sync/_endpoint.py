@@ -107,10 +107,15 @@ class Endpoint:
             self._pending.pop(request_id, None)
 
     def cancel(self, request_id: int, method: str) -> None:
-        """Forget the request and, when the server can stop it, tell it to (§1.7)."""
-        self.forget(request_id)
+        """Ask the server to stop a request its caller no longer waits for (§1.7).
+
+        A turn stays pending: its response still settles the session (and frees the
+        session for its next turn); anything else is forgotten.
+        """
         if method in LONG_RUNNING:
             self.notify("cancel", {"request_id": request_id})
+        else:
+            self.forget(request_id)
 
     def pending_long_running(self) -> Dict[int, str]:
         with self._lock:

@@ -67,33 +67,57 @@ def _require_str(block: Mapping[str, Any], key: str, where: str) -> None:
         raise invalid(f"{where} needs a string {key!r}")
 
 
-def prompt_key(prompt: Content) -> Optional[str]:
-    """What the run's ``run_started.prompt`` should say, when it can be predicted."""
-    return prompt if isinstance(prompt, str) else None
+def _projections(blocks: Sequence[Mapping[str, Any]]) -> List[str]:
+    """Each block as the runtime renders it into text: images become ``[image: <type>]``."""
+    parts = [b["text"] if b.get("type") == "text" else f"[image: {b.get('media_type')}]" for b in blocks]
+    return [p for p in parts if p]
+
+
+def _flattened(prompt: Content) -> Content:
+    """Text-only block lists are admitted as one string, their texts joined by newlines."""
+    if isinstance(prompt, str) or any(b.get("type") != "text" for b in prompt):
+        return prompt
+    return "\n".join(_projections(prompt))
+
+
+def prompt_key(prompt: Content) -> str:
+    """What the run's ``run_started.prompt`` says for this prompt (PROTOCOL.md §6)."""
+    flat = _flattened(prompt)
+    return flat if isinstance(flat, str) else "\n".join(_projections(flat))
+
+
+def merged_prompt_key(create_prompt: Content, turn_prompt: Content) -> str:
+    """The first turn of a deferred session runs the create prompt merged with its own (§4.1)."""
+    turn = _flattened(turn_prompt)
+    if isinstance(create_prompt, str) and isinstance(turn, str):
+        return f"{create_prompt}\n\n{turn}"
+    as_blocks = [[{"type": "text", "text": p}] if isinstance(p, str) else p for p in (create_prompt, turn)]
+    return "\n".join(_projections(as_blocks[0]) + _projections(as_blocks[1]))
 
 
 # --- skill references -------------------------------------------------------------------------
 
-_SLUG = re.compile(r"^[^\s/]+$")
+#: A skill name as the 0.5.0 runtime accepts it: lowercase letters, digits and single hyphens.
+_SLUG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def skill_ref_to_wire(ref: Any, where: str) -> Union[str, Dict[str, str]]:
+    """A structured key is checked here; a legacy string may be a realm alias, so the server decides."""
     if isinstance(ref, SkillKey):
-        if not ref.source_uuid or not ref.skill_name:
-            raise invalid(f"{where} needs a non-empty source_uuid and skill_name")
+        try:
+            uuid.UUID(ref.source_uuid)
+        except (ValueError, TypeError, AttributeError):
+            raise invalid(
+                f"{where} SkillKey.source_uuid {ref.source_uuid!r} is not a UUID; use the skill source's id"
+            ) from None
+        if not isinstance(ref.skill_name, str) or not _SLUG.match(ref.skill_name):
+            raise invalid(
+                f"{where} SkillKey.skill_name {ref.skill_name!r} is not a skill slug "
+                "(lowercase letters, digits and single hyphens, like 'code-review')"
+            )
         return {"source_uuid": ref.source_uuid, "skill_name": ref.skill_name}
-    if not isinstance(ref, str):
-        raise invalid(f"{where} must be a SkillKey or a '<source_uuid>/<skill_name>' string")
-    source, sep, name = ref.partition("/")
-    try:
-        uuid.UUID(source)
-        well_formed = bool(sep) and bool(_SLUG.match(name))
-    except ValueError:
-        well_formed = False
-    if not well_formed:
-        raise invalid(
-            f"{where} {ref!r} is not a skill reference; use SkillKey(source_uuid=..., skill_name=...)"
-        )
+    if not isinstance(ref, str) or not ref.strip():
+        raise invalid(f"{where} must be a SkillKey or a non-empty legacy skill reference string")
     warnings.warn(
         f"legacy skill reference string {ref!r}: use SkillKey(source_uuid=..., skill_name=...)",
         DeprecationWarning,

@@ -33,6 +33,8 @@ TERMINAL = frozenset({"run_completed", "run_failed"})
 #: What a full stream buffer may drop: the high-volume deltas, never the run's structure.
 _DROPPABLE = frozenset({"text_delta", "reasoning_delta"})
 _OVERFLOW = "stream buffer full: the consumer fell behind"
+#: A run whose terminal event never came: its last events were lost by the server (§5.5).
+TAIL_LOST = "the server dropped the run's last events; its result is complete"
 
 #: Events kept for not-yet-attributable sessions, across all of them.
 ORPHAN_LIMIT = 20000
@@ -53,6 +55,17 @@ class Marker:
 
 RUN_END = Marker("run_end")
 RESPONSE = Marker("response")
+
+
+def same_prompt(key: Optional[str], prompt: Any) -> bool:
+    """Does a run's ``run_started.prompt`` belong to the request with this prompt key?
+
+    The runtime puts per-turn skill bodies and ``additional_instructions`` notices in
+    front of the prompt, separated by a blank line (PROTOCOL.md §6).
+    """
+    if key is None or not isinstance(prompt, str):
+        return False
+    return prompt == key or prompt.endswith("\n\n" + key)
 
 
 def bare_session_id(session_id: str) -> str:
@@ -112,11 +125,11 @@ class RunSink:
     def lost(self, count: int, reason: str) -> None:
         """``count`` events of this run never reached the client (a ``seq`` gap)."""
         if self.deliver:
-            self.items.put(_truncated(count, reason))
+            self.items.put(truncated(count, reason))
 
     def _flush_dropped(self, reason: str) -> None:
         if self.dropped:
-            self.items.put(_truncated(self.dropped, reason))
+            self.items.put(truncated(self.dropped, reason))
             self.dropped = 0
 
     def end_run(self) -> None:
@@ -127,7 +140,7 @@ class RunSink:
                 self.items.put(RUN_END)
 
 
-def _truncated(count: int, reason: str) -> Dict[str, Any]:
+def truncated(count: int, reason: str) -> Dict[str, Any]:
     """A client-made envelope carrying a ``stream_truncated`` event at the point of loss."""
     return {"payload": {"type": "stream_truncated", "reason": reason, "dropped": count}}
 
@@ -148,8 +161,10 @@ class _Route:
 
     def gap(self, kind: Any, seq: Any) -> int:
         """How many session events the server dropped just before this one (§5.5)."""
-        if kind == "tool_config_changed" or not isinstance(seq, int):
-            return 0  # those carry an independent counter under the same source id (§5.1)
+        if not isinstance(seq, int):
+            return 0
+        if kind == "tool_config_changed" and (self.active is None or not self.active.saw_run_started):
+            return 0  # MCP lifecycle events outside a run have their own counter (§5.1)
         last, self.last_seq = self.last_seq, seq
         return seq - last - 1 if last and seq > last + 1 else 0
 
@@ -174,14 +189,24 @@ class _Route:
         return sink
 
     def _take(self, prompt: Any) -> Optional[RunSink]:
+        """The waiting turn a run belongs to; None for a run nobody asked for.
+
+        A run whose prompt matches no waiting turn is the server's own: a failed or
+        interrupted prompt that 0.5.0 replays before the next one (PROTOCOL.md §8.3).
+        """
         now = time.monotonic()
         live = [s for s in self.waiting if s.expires_at is None or s.expires_at > now]
         if len(live) != len(self.waiting):
             self.waiting = collections.deque(live)
         if not live:
             return None
-        chosen = next((s for s in live if s.prompt_key is not None and s.prompt_key == prompt), live[0])
-        self.waiting.remove(chosen)
+        if prompt is None:  # its run_started was lost: the oldest waiting turn is the best guess
+            chosen: Optional[RunSink] = live[0]
+        else:
+            chosen = next((s for s in live if same_prompt(s.prompt_key, prompt)), None)
+            chosen = chosen or next((s for s in live if s.prompt_key is None), None)
+        if chosen is not None:
+            self.waiting.remove(chosen)
         return chosen
 
 
@@ -268,7 +293,7 @@ class EventRouter:
             return []  # without the run's prompt, whose session this is stays unknown
         unbound = [s for s in self._creates if s.session_id is None]
         prompt = payload.get("prompt")
-        exact = [s for s in unbound if s.prompt_key is not None and s.prompt_key == prompt]
+        exact = [s for s in unbound if same_prompt(s.prompt_key, prompt)]
         return exact or [s for s in unbound if s.prompt_key is None]
 
     # --- responses and release -------------------------------------------------------------

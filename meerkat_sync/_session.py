@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from ._deadline import USE_DEFAULT, Timeout
-from ._params import TURN_OPTIONS, Prompt, build_params, page_args, prompt_key
+from ._params import TURN_OPTIONS, Prompt, build_params, merged_prompt_key, page_args, prompt_key
 from ._streaming import EventStream
 from .types import Content, RunResult, SessionHistory, SkillRef, Usage
 
@@ -108,11 +108,8 @@ class Session:
     def _turn_params(self, prompt: Prompt, options: Any) -> Any:
         params, wire_prompt = build_params(prompt, options, TURN_OPTIONS, "turn/start")
         params["session_id"] = self._id
-        key = prompt_key(wire_prompt)
         pending, self._pending_prompt = self._pending_prompt, None
-        if pending is not None:
-            # The server runs "<create prompt>\n\n<turn prompt>" for two strings (§4.1).
-            key = f"{pending}\n\n{key}" if isinstance(pending, str) and key is not None else None
+        key = prompt_key(wire_prompt) if pending is None else merged_prompt_key(pending, wire_prompt)
         return params, key
 
     # --- session management -----------------------------------------------------------------

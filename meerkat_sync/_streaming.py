@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from ._converter import structure_envelope, structure_event
 from ._deadline import Deadline, wait_queue
-from ._routing import RESPONSE, RUN_END, Marker, RunSink
+from ._routing import RESPONSE, RUN_END, TAIL_LOST, Marker, RunSink, truncated
 from .errors import MeerkatError, MeerkatTimeoutError
 from .events import Event, EventEnvelope, TextDelta
 from .types import RunResult
@@ -54,7 +54,7 @@ class EventStream:
 
     def __init__(
         self,
-        start: Callable[[], RunHandle],
+        start: Callable[[Deadline], RunHandle],
         *,
         timeout: Optional[float],
         grace: float,
@@ -158,8 +158,8 @@ class EventStream:
         if self._handle is None:
             if self._done:
                 raise MeerkatError("INVALID_ARGS", "this stream was closed before it started")
-            self._handle = self._start()
             self._deadline = Deadline(self._timeout)
+            self._handle = self._start(self._deadline)
         return self._handle
 
     def _next_envelope(self) -> Optional[Dict[str, Any]]:
@@ -177,8 +177,11 @@ class EventStream:
                     item = wait_queue(items, self._deadline, "the turn")
             except MeerkatTimeoutError:
                 if self._answered:
-                    # The run's terminal event never came (dropped, §5.5): the result stands.
+                    # The run's terminal event never came (dropped, §5.5): the result stands,
+                    # and the loss is said where it happened rather than kept quiet.
                     self._finish()
+                    if handle.sink.started and self._error is None:
+                        return truncated(0, TAIL_LOST)
                     break
                 self._abandon()
                 raise
@@ -191,8 +194,10 @@ class EventStream:
                 self._run_ended = True
             elif item is RESPONSE:
                 self._answered = True
-                if handle.result.exception() is not None and not handle.sink.started:
-                    self._run_ended = True  # rejected before any run began: nothing to wait for
+                if handle.result.exception() is not None:
+                    # A failed run's events precede its error, and an interrupted one sends
+                    # no terminal event at all (PROTOCOL.md §8.3): nothing more to wait for.
+                    self._run_ended = True
                 else:
                     self._deadline = Deadline(self._grace)
             elif isinstance(item, Marker) and item.error is not None:

@@ -7,10 +7,11 @@ so nothing the runtime said is lost in translation.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, Dict, Mapping, Optional, Tuple, Type
 
 __all__ = [
     "RPC_ERROR_NAMES",
+    "RUN_FAILURES",
     "CapabilityUnavailableError",
     "MeerkatError",
     "MeerkatTimeoutError",
@@ -116,6 +117,45 @@ _ERROR_CLASSES: Dict[str, Type[MeerkatError]] = {
 }
 
 
+#: How rkat-rpc 0.5.0 wraps a failure inside a run (PROTOCOL.md §8.3); stripped for the message.
+_RUN_FAILURE_PREFIXES = ("turn abandoned: ", "apply failed: ", "Apply failed: ", "agent error: ")
+
+_MAX_SESSIONS_ADVICE = (
+    "a realm holds at most 64 sessions that are not archived, counted over every rkat-rpc "
+    "using it; archive sessions you no longer need (session.archive()), or give each "
+    "rkat-rpc its own realm"
+)
+
+#: Failed runs arrive as -32603 with the cause only in the text. These are the causes the
+#: 0.5.0 runtime produces, by the start of their innermost text: (prefix, code, advice).
+RUN_FAILURES: Tuple[Tuple[str, str, str], ...] = (
+    ("Run was cancelled", "INTERRUPTED", "the turn was interrupted before it finished"),
+    ("session not found", "SESSION_NOT_FOUND", "the session does not exist on this runtime"),
+    ("LLM error", "PROVIDER_ERROR", "the model provider failed; check its status, API key and limits"),
+    ("Build error: API key not set", "PROVIDER_ERROR", "set the provider's API key for rkat-rpc"),
+    ("Time budget exceeded", "BUDGET_EXHAUSTED", "the session's budget_limits.max_duration is used up"),
+    ("Hook denied", "HOOK_DENIED", "a hook refused the run"),
+    ("Internal error: Max sessions reached", "MAX_SESSIONS_REACHED", _MAX_SESSIONS_ADVICE),
+    ("Max sessions reached", "MAX_SESSIONS_REACHED", _MAX_SESSIONS_ADVICE),
+)
+
+
+def _run_failure(rpc_code: int, message: str) -> Optional[Tuple[str, str]]:
+    """(code, readable message) for a failed run's -32603 text, or None if it is not one."""
+    if rpc_code != -32603:
+        return None
+    inner = message
+    for prefix in _RUN_FAILURE_PREFIXES:
+        if inner.startswith(prefix):
+            inner = inner[len(prefix) :]
+    for start, code, advice in RUN_FAILURES:
+        if inner.startswith(start):
+            return code, f"{inner} ({advice})"
+    if inner is not message and message.startswith("turn abandoned: "):
+        return "AGENT_ERROR", inner
+    return None
+
+
 def error_from_rpc(error: Any) -> MeerkatError:
     """Build the matching exception from a JSON-RPC ``error`` object, tolerating bad shapes."""
     if not isinstance(error, dict):
@@ -136,5 +176,9 @@ def error_from_rpc(error: Any) -> MeerkatError:
         details = data.get("details", data)
     elif data is not None:
         details = data
+    failure = _run_failure(rpc_code, message) if rpc_code is not None else None
+    if failure is not None:
+        # The runtime's own code is lost in its wrapping; keep the raw form for the record.
+        name, message, details = failure[0], failure[1], {"rpc_code": rpc_code, "rpc_message": message}
     cls = _ERROR_CLASSES.get(name, MeerkatError)
     return cls(name, message, details, rpc_code=rpc_code, data=data)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import threading
 import time
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Callable, ContextManager, Iterator, List, Optional, Tuple
 
 import pytest
 
 from meerkat_sync import MeerkatClient, MeerkatError, Session
-from meerkat_sync.testing import scripted_client
+from meerkat_sync.testing import ModelEndpoint, RealRuntimeClient, real_client, scripted_client
+
+#: A real rkat-rpc 0.5.0 for the real-runtime tests; without it they skip and say why.
+REAL_BIN = os.environ.get("MEERKAT_BIN_PATH", "").strip()
+HAVE_REAL = bool(REAL_BIN) and os.path.isfile(REAL_BIN)
+NO_REAL_REASON = (
+    "no real rkat-rpc: set MEERKAT_BIN_PATH to an rkat-rpc 0.5.0 binary to run the real-runtime tests"
+)
+requires_real = pytest.mark.skipif(not HAVE_REAL, reason=NO_REAL_REASON)
 
 
 def fake(**spec: Any) -> str:
@@ -33,6 +43,41 @@ def hang_in_background(session: Session) -> Tuple[threading.Thread, List[Meerkat
     thread.start()
     time.sleep(0.3)  # let the turn reach the server
     return thread, errors
+
+
+class Backend:
+    """Either runtime behind one interface, so a test states the real behaviour once.
+
+    ``connect(script)`` gives a connected client; on the real backend ``model`` is the
+    scripted model endpoint the runtime calls (None on the scripted one).
+    """
+
+    def __init__(self, name: str, factory: Callable[..., MeerkatClient]) -> None:
+        self.name = name
+        self._factory = factory
+        self.model: Optional[ModelEndpoint] = None
+
+    @property
+    def real(self) -> bool:
+        return self.name == "real"
+
+    def connect(self, script: Any = None, **options: Any) -> ContextManager[MeerkatClient]:
+        options.setdefault("request_timeout", 20.0)
+        options.setdefault("turn_timeout", 60.0)
+        client = self._factory(script, **options)
+        if isinstance(client, RealRuntimeClient):
+            self.model = client.model
+        return contextlib.closing(client.connect() if not self.real else client)
+
+
+def _scripted(script: Any = None, **options: Any) -> MeerkatClient:
+    return scripted_client(script, **options)
+
+
+@pytest.fixture(params=["scripted", pytest.param("real", marks=[pytest.mark.real_binary, requires_real])])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Run a test against the scripted runtime and, when one is available, the real one."""
+    return Backend(request.param, real_client if request.param == "real" else _scripted)
 
 
 @pytest.fixture

@@ -228,7 +228,7 @@ def test_interrupt_stops_a_running_turn(client: MeerkatClient) -> None:
     session.interrupt()
     t.join(5)
     assert not t.is_alive()
-    assert errors and errors[0].code == "INTERNAL_ERROR" and "cancelled" in errors[0].message.lower()
+    assert errors and errors[0].code == "INTERRUPTED" and "cancelled" in errors[0].message.lower()
     assert session.turn("after").text == "Echo: after"
 
 

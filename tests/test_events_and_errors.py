@@ -17,6 +17,7 @@ from meerkat_sync import (
     MeerkatError,
     MeerkatTimeoutError,
     SessionNotFoundError,
+    SkillKey,
     SkillNotFoundError,
     TextDelta,
     ToolConfigChanged,
@@ -198,6 +199,9 @@ def test_timeout_error_is_a_builtin_timeout() -> None:
 # --- bad input: nothing is sent ------------------------------------------------------------
 
 
+_UUID = "dc256086-0d2f-4f61-a307-0b0c1b5f1a2e"
+
+
 @pytest.mark.parametrize(
     "call,needle",
     [
@@ -211,7 +215,9 @@ def test_timeout_error_is_a_builtin_timeout() -> None:
         (lambda c: c.create_session("hi", labels={"a": 1}), "labels"),
         (lambda c: c.create_session("hi", provider_params={"x": object()}), "provider_params"),
         (lambda c: c.create_session("hi", app_context={"x": float("nan")}), "app_context"),
-        (lambda c: c.create_session("hi", skill_refs=["not-a-ref"]), "skill_refs[0]"),
+        (lambda c: c.create_session("hi", skill_refs=[SkillKey("abc123", "x")]), "skill_refs[0]"),
+        (lambda c: c.create_session("hi", skill_refs=[SkillKey(_UUID, "Not A Slug")]), "skill_refs[0]"),
+        (lambda c: c.create_session("hi", skill_refs=[""]), "skill_refs[0]"),
         (lambda c: c.create_session("hi", skill_refs="x/y"), "skill_refs"),
         (lambda c: c.create_session("hi", peer_meta={"labels": {"role": "x"}}), "reserved"),
         (lambda c: c.create_session("hi", external_tools=[{"name": "t"}]), "external_tools[0]"),

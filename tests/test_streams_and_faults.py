@@ -68,8 +68,9 @@ def test_failed_run_raises_after_its_events(client: MeerkatClient) -> None:
     ):
         for event in s:
             seen.append(event.type)
-    assert info.value.code == "INTERNAL_ERROR" and info.value.rpc_code == -32603
-    assert "turn abandoned" in info.value.message and "provider exploded" in info.value.message
+    assert info.value.code == "AGENT_ERROR" and info.value.rpc_code == -32603
+    assert info.value.details["rpc_message"].startswith("turn abandoned: ")
+    assert info.value.message.startswith("provider exploded")
     assert "text_delta" in seen and seen[-1] == "run_failed"
     with pytest.raises(MeerkatError):
         session.turn(fake(error="again"))

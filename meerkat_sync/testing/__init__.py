@@ -21,6 +21,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from .._client import MeerkatClient
 from ._fake_command import fake_rkat_command
+from ._model_endpoint import ModelEndpoint, RecordedRequest
+from ._real_runtime import RealRuntimeClient, real_client
 
 Script = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
@@ -54,4 +56,11 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-__all__ = ["fake_rkat_command", "scripted_client"]
+__all__ = [
+    "ModelEndpoint",
+    "RealRuntimeClient",
+    "RecordedRequest",
+    "fake_rkat_command",
+    "real_client",
+    "scripted_client",
+]

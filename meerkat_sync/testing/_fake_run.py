@@ -6,20 +6,24 @@ import collections
 import itertools
 import json
 import os
-import re
 import sys
 import time
-from typing import IO, Any, Deque, List, Optional, Tuple
+from typing import IO, Any, Deque, List, Optional
 
 from meerkat_sync.testing._fake_callbacks import PendingCallback, ServerRequests
 from meerkat_sync.testing._fake_constants import RUN_CANCELLED
 from meerkat_sync.testing._fake_params import Content, content_text, history_content
-from meerkat_sync.testing._fake_script import CallbackSpec, ReplySpec, ToolCallSpec, UsageSpec
+from meerkat_sync.testing._fake_script import (
+    CallbackSpec,
+    ReplySpec,
+    ToolCallSpec,
+    UsageSpec,
+    reply_text,
+    reply_usage,
+)
 from meerkat_sync.testing._fake_sessions import RunHandle, Session
 from meerkat_sync.testing._fake_wire import JsonDict, Writer, now_ms, uuid7
 
-_WORD_CHUNK = re.compile(r"\s*\S+\s*")
-_BIG_PATTERN = "0123456789abcdefghijklmnopqrstuvwxyz"
 _BULK_BATCH = 2000
 _STDERR_LINE = 100
 _tool_ids = itertools.count()
@@ -44,12 +48,6 @@ class RunOutcome:
     def __init__(self, result: Optional[JsonDict] = None, error: Optional[str] = None) -> None:
         self.result = result
         self.error = error
-
-
-def word_chunks(text: str) -> List[str]:
-    """Word-sized deltas whose concatenation is exactly ``text``."""
-    chunks = _WORD_CHUNK.findall(text)
-    return chunks if chunks else ([text] if text else [])
 
 
 def event_notification(session: Session, seq: int, payload: JsonDict) -> JsonDict:
@@ -237,31 +235,6 @@ class Run:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def _text_and_chunks(self) -> Tuple[str, List[str]]:
-        spec = self.spec
-        if spec.has_structured_output:
-            text = json.dumps(spec.structured_output, ensure_ascii=False, separators=(",", ":"))
-            return text, word_chunks(text)
-        if spec.big_delta_bytes is not None:
-            reps = spec.big_delta_bytes // len(_BIG_PATTERN) + 1
-            text = (_BIG_PATTERN * reps)[: spec.big_delta_bytes]
-            return text, [text] if text else []
-        if spec.bulk is not None:
-            return spec.bulk.delta * spec.bulk.count, []
-        if spec.chunks is not None:
-            return "".join(spec.chunks), list(spec.chunks)
-        if spec.text is not None:
-            return spec.text, word_chunks(spec.text)
-        if spec.error is not None:
-            return "", []
-        text = "Echo: " + self.prompt_text
-        return text, word_chunks(text)
-
-    def _usage(self, chunk_count: int) -> UsageSpec:
-        if self.spec.usage is not None:
-            return self.spec.usage
-        return UsageSpec(len(self.prompt_text.split()), chunk_count, None, None)
-
     def _reasoning(self) -> Optional[JsonDict]:
         if self.spec.reasoning is None:
             return None
@@ -372,9 +345,11 @@ class Run:
                 self.flush_held()
                 self.handle.interrupt.wait()
                 raise Interrupted()
-            text, chunks = self._text_and_chunks()
+            text, chunks = reply_text(spec, self.prompt_text)
+            if spec.bulk is not None:
+                chunks = []  # written in batches by _write_bulk
             chunk_count = spec.bulk.count if spec.bulk is not None else len(chunks)
-            usage = self._usage(chunk_count)
+            usage = reply_usage(spec, self.prompt_text, chunk_count)
             messages: List[JsonDict] = [{"role": "user", "content": history_content(self.prompt)}]
             tools = self._tools()
             turns = 1

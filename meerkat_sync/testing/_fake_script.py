@@ -7,6 +7,7 @@ can script its own reply without coordinating with other threads.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -53,6 +54,24 @@ class UsageSpec:
         self.cache_read_tokens = cache_read_tokens
 
 
+class ProviderErrorSpec:
+    """The model provider answers with an HTTP error, ``times`` calls in a row (None: always)."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: Optional[str],
+        message: Optional[str],
+        retry_after: Optional[float],
+        times: Optional[int],
+    ) -> None:
+        self.status = status
+        self.type = kind
+        self.message = message
+        self.retry_after = retry_after
+        self.times = times
+
+
 class BulkSpec:
     def __init__(self, count: int, delta: str) -> None:
         self.count = count
@@ -89,6 +108,7 @@ class ReplySpec:
         self.unsolicited: Optional[ReplySpec] = None
         self.prompt: Optional[str] = None
         self.stop_reason = "end_turn"
+        self.provider_error: Optional[ProviderErrorSpec] = None
 
 
 def _int(value: Any, name: str, minimum: int = 0) -> int:
@@ -174,6 +194,28 @@ def _bulk(raw: Any) -> BulkSpec:
     return BulkSpec(_int(obj.get("count", 0), "bulk.count"), _str(obj.get("delta", "x"), "bulk.delta"))
 
 
+def _provider_error(raw: Any) -> ProviderErrorSpec:
+    obj = _obj(raw, "provider_error")
+    _check_keys(obj, {"status", "type", "message", "retry_after", "times"}, "provider_error")
+    status = _int(obj.get("status"), "provider_error.status", 400)
+    if status > 599:
+        raise SpecError("`provider_error.status` must be an HTTP error status (400-599)")
+    retry_after = obj.get("retry_after")
+    if retry_after is not None and (
+        isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) or retry_after < 0
+    ):
+        raise SpecError("`provider_error.retry_after` must be a number of seconds >= 0")
+    kind, message = obj.get("type"), obj.get("message")
+    times = obj.get("times")
+    return ProviderErrorSpec(
+        status,
+        None if kind is None else _str(kind, "provider_error.type"),
+        None if message is None else _str(message, "provider_error.message"),
+        None if retry_after is None else float(retry_after),
+        None if times is None else _int(times, "provider_error.times", 1),
+    )
+
+
 def _check_keys(obj: JsonDict, allowed: Any, where: str) -> None:
     unknown = sorted(set(obj) - set(allowed))
     if unknown:
@@ -251,9 +293,53 @@ _FIELDS: Dict[str, Callable[[ReplySpec, Any], None]] = {
     "unsolicited": _setter("unsolicited", lambda v, _n: parse_spec(v)),
     "prompt": _setter("prompt", _str),
     "stop_reason": _set_stop_reason,
+    "provider_error": _setter("provider_error", lambda v, _n: _provider_error(v)),
 }
 
 SPEC_FIELDS = tuple(_FIELDS)
+
+
+_WORD_CHUNK = re.compile(r"\s*\S+\s*")
+_BIG_PATTERN = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def word_chunks(text: str) -> List[str]:
+    """Word-sized deltas whose concatenation is exactly ``text``."""
+    chunks = _WORD_CHUNK.findall(text)
+    return chunks if chunks else ([text] if text else [])
+
+
+def reply_text(spec: ReplySpec, prompt_text: str) -> Tuple[str, List[str]]:
+    """The text of the run's last agentic turn and its deltas, for either backend."""
+    if spec.big_delta_bytes is not None:
+        reps = spec.big_delta_bytes // len(_BIG_PATTERN) + 1
+        text = (_BIG_PATTERN * reps)[: spec.big_delta_bytes]
+        return text, [text] if text else []
+    if spec.bulk is not None:
+        return spec.bulk.delta * spec.bulk.count, [spec.bulk.delta] * spec.bulk.count
+    if spec.chunks is not None:
+        return "".join(spec.chunks), list(spec.chunks)
+    if spec.text is not None:
+        return spec.text, word_chunks(spec.text)
+    if spec.error is not None:
+        return "", []
+    text = "Echo: " + prompt_text
+    return text, word_chunks(text)
+
+
+def structured_text(spec: ReplySpec, final_text: str) -> Tuple[str, List[str]]:
+    """What the extraction turn of a structured-output run answers: the value as JSON."""
+    if not spec.has_structured_output:
+        return final_text, word_chunks(final_text)
+    text = json.dumps(spec.structured_output, ensure_ascii=False, separators=(",", ":"))
+    return text, word_chunks(text)
+
+
+def reply_usage(spec: ReplySpec, prompt_text: str, chunk_count: int) -> UsageSpec:
+    """Scripted usage, else *words in the prompt* in and *number of deltas* out."""
+    if spec.usage is not None:
+        return spec.usage
+    return UsageSpec(len(prompt_text.split()), chunk_count, None, None)
 
 
 def _list(value: Any, name: str) -> List[Any]:
@@ -273,8 +359,8 @@ def parse_spec(raw: Any) -> ReplySpec:
     return spec
 
 
-def parse_directive(prompt_text: str) -> Optional[ReplySpec]:
-    """``fake:{...}`` at the start of a prompt is that run's reply spec.
+def directive_object(prompt_text: str) -> Optional[Any]:
+    """The raw JSON object of a ``fake:{...}`` prompt, or None for an ordinary prompt.
 
     Only the leading JSON object counts, so a deferred create prompt carrying a directive
     still works after the turn prompt is merged behind it.
@@ -288,7 +374,13 @@ def parse_directive(prompt_text: str) -> Optional[ReplySpec]:
         raw, _end = json.JSONDecoder().raw_decode(rest)
     except json.JSONDecodeError as exc:
         raise SpecError(f"invalid JSON after `fake:`: {exc.msg}") from None
-    return parse_spec(raw)
+    return raw
+
+
+def parse_directive(prompt_text: str) -> Optional[ReplySpec]:
+    """``fake:{...}`` at the start of a prompt is that run's reply spec."""
+    raw = directive_object(prompt_text)
+    return None if raw is None else parse_spec(raw)
 
 
 class Rule:
