@@ -23,12 +23,12 @@ import shutil
 import stat
 import sys
 import threading
-import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import attrs
 import filelock
 
+from ._deadline import Deadline, check_timeout
 from ._digests import RKAT_RPC_VERSION
 from ._download import (
     MANIFEST_NAME,
@@ -37,6 +37,7 @@ from ._download import (
     InstallRecord,
     Target,
     check_https,
+    deadline_error,
     download_and_install,
     platform_target,
     release_urls,
@@ -241,13 +242,26 @@ def _lock_timeout_error(entry: CacheEntry, timeout: float) -> MeerkatError:
 
 
 @contextlib.contextmanager
-def _locked(entry: CacheEntry, settings: DownloadSettings) -> Iterator[None]:
+def _locked(
+    entry: CacheEntry, settings: DownloadSettings, deadline: Deadline, url: str
+) -> Iterator[None]:
     """Hold the (version, target) lock: one installer across threads and processes.
 
     The OS releases the file lock when its holder dies, so a killed process never wedges
-    later runs; the timeout bounds how long a waiter blocks behind a slow download.
+    later runs; the lock timeout bounds how long a waiter blocks behind a slow download,
+    and the wait counts towards the download's ``deadline`` too.
     """
-    deadline = time.monotonic() + settings.lock_timeout
+    lock_deadline = Deadline(settings.lock_timeout)
+
+    def wait() -> float:
+        left = [d.remaining() for d in (lock_deadline, deadline)]
+        return max(0.0, min(x for x in left if x is not None))
+
+    def timed_out() -> MeerkatError:
+        if deadline.expired():
+            return deadline_error(deadline, url, "waiting for the cache lock")
+        return _lock_timeout_error(entry, settings.lock_timeout)
+
     try:
         os.makedirs(entry.directory, exist_ok=True)
     except OSError as exc:
@@ -259,8 +273,8 @@ def _locked(entry: CacheEntry, settings: DownloadSettings) -> Iterator[None]:
             {"reason": "cache_unwritable", "path": entry.directory, "cause": str(exc)},
         ) from exc
     local = _thread_lock(entry.lock)
-    if not local.acquire(timeout=settings.lock_timeout):
-        raise _lock_timeout_error(entry, settings.lock_timeout)
+    if not local.acquire(timeout=wait()):
+        raise timed_out()
     try:
         lock = filelock.FileLock(entry.lock)
         try:
@@ -268,9 +282,9 @@ def _locked(entry: CacheEntry, settings: DownloadSettings) -> Iterator[None]:
         except filelock.Timeout:
             logger.info("another process is installing rkat-rpc; waiting for %s", entry.lock)
             try:
-                lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+                lock.acquire(timeout=wait())
             except filelock.Timeout:
-                raise _lock_timeout_error(entry, settings.lock_timeout) from None
+                raise timed_out() from None
         except OSError as exc:
             raise MeerkatError(
                 "BINARY_DOWNLOAD_FAILED",
@@ -310,6 +324,7 @@ def _resolve(
     download: bool,
     settings: Optional[DownloadSettings],
     repair: bool,
+    timeout: Optional[float] = None,
 ) -> Resolution:
     tried: List[str] = []
     from_env = environ.get("MEERKAT_BIN_PATH")
@@ -326,6 +341,7 @@ def _resolve(
 
     if settings is None:
         settings = DownloadSettings.from_environ(environ)
+    deadline = Deadline(settings.download_deadline if timeout is None else timeout)
     try:
         target = platform_target(settings.system, settings.machine, musl=settings.musl)
     except MeerkatError as exc:
@@ -345,7 +361,7 @@ def _resolve(
     urls = release_urls(settings, target)
     if settings.no_download or not download:
         if state == "bad" and repair:
-            with _locked(entry, settings):
+            with _locked(entry, settings, deadline, urls.archive_url):
                 state, why = _check_cache(entry, settings, target)
                 if state == "ok":
                     return Resolution(entry.binary, "cache", why)
@@ -368,14 +384,14 @@ def _resolve(
                          {"would_download": plan})
 
     check_https(settings.base_url)
-    with _locked(entry, settings):
+    with _locked(entry, settings, deadline, urls.archive_url):
         state, why = _check_cache(entry, settings, target)
         if state == "ok":  # another process or thread installed it while we waited
             return Resolution(entry.binary, "cache", why)
         if state == "bad":
             _delete_entry(entry, why)
         _clean_temps(entry.directory)
-        path, record = download_and_install(settings, target, entry.directory)
+        path, record = download_and_install(settings, target, entry.directory, deadline)
     return Resolution(
         path,
         "download",
@@ -390,16 +406,23 @@ def resolve_rkat_rpc(
     environ: Optional[Mapping[str, str]] = None,
     download: bool = True,
     settings: Optional[DownloadSettings] = None,
+    timeout: Optional[float] = None,
 ) -> Resolution:
     """Return the executable to run, downloading and verifying it if needed.
 
     ``environ`` defaults to ``os.environ``; ``download=False`` stops before the download
     step; ``settings`` overrides what :meth:`DownloadSettings.from_environ` would read.
+    ``timeout`` bounds the whole call in seconds, a download included (waiting for another
+    process's download, fetching, unpacking, installing); None: ``MEERKAT_DOWNLOAD_DEADLINE``
+    (default 300 s). Past it: ``BINARY_DOWNLOAD_FAILED`` with ``details["reason"] ==
+    "deadline"``, nothing left behind and the cache lock released.
     Raises :class:`~meerkat_sync.errors.MeerkatError` (``BINARY_*``, ``UNSUPPORTED_PLATFORM``,
-    ``LEGACY_BINARY_UNSUPPORTED``); never returns a binary that failed verification.
+    ``LEGACY_BINARY_UNSUPPORTED``, ``INVALID_ARGS``); never returns a binary that failed
+    verification.
     """
+    limit = check_timeout(timeout)
     env = os.environ if environ is None else environ
-    return _resolve(rkat_path, env, download, settings, repair=True)
+    return _resolve(rkat_path, env, download, settings, repair=True, timeout=limit)
 
 
 def describe_resolution(

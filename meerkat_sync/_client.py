@@ -31,21 +31,25 @@ from typing import (
 from ._binary import DEFAULT_RKAT_PATH, resolve_rkat_rpc
 from ._converter import structure
 from ._deadline import USE_DEFAULT, Deadline, Timeout, check_timeout, resolve_timeout, wait_future
-from ._endpoint import Endpoint, connection_closed
+from ._endpoint import Endpoint
 from ._params import (
     CREATE_OPTIONS,
     Prompt,
     build_params,
     connect_flags,
     list_args,
+    positive_int,
     prompt_key,
     session_id_arg,
+    str_list,
 )
+from ._reader import MAX_MESSAGE_BYTES
 from ._routing import RESPONSE, STREAM_BUFFER, EventRouter, RunSink, bare_session_id
 from ._session import DeferredSession, Session
 from ._streaming import EventStream, RunHandle
-from ._transport import ExitInfo, Transport
+from ._transport import ExitInfo, Transport, closed_error
 from ._turns import TurnGate
+from ._writer import Ticket
 from .errors import CapabilityUnavailableError, MeerkatError, MeerkatTimeoutError
 from .types import CONTRACT_VERSION, Capability, RunResult, SessionInfo
 
@@ -91,6 +95,10 @@ class MeerkatClient:
     flight at the crash still fail (a turn is never retried behind your back), and sessions
     survive only if the realm persists them (``connect(realm_id=...)``).
 
+    ``max_message_bytes`` bounds one line from rkat-rpc (64 MiB by default): a longer one is
+    dropped while it is read, and a response that long fails its call with
+    ``MESSAGE_TOO_LARGE``.
+
     ``stream_buffer`` bounds each stream's queue: a consumer that falls further behind
     loses the newest deltas (never the run's lifecycle events) and then sees a
     ``StreamTruncated`` with the count, while the reader keeps draining stdout and the
@@ -112,9 +120,10 @@ class MeerkatClient:
         stream_buffer: int = STREAM_BUFFER,
         restart: bool = False,
         command: Optional[Sequence[str]] = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._rkat_path = rkat_path
-        self._extra_args = [str(a) for a in extra_args]
+        self._extra_args = str_list(extra_args, "extra_args")
         self._env = env
         self._cwd = cwd
         self._request_timeout = check_timeout(request_timeout, "request_timeout")
@@ -122,12 +131,9 @@ class MeerkatClient:
         self._connect_timeout = check_timeout(connect_timeout, "connect_timeout")
         self._close_timeout = check_timeout(close_timeout, "close_timeout") or 5.0
         self._stream_grace = check_timeout(stream_grace, "stream_grace") or 1.0
-        if isinstance(stream_buffer, bool) or not isinstance(stream_buffer, int) or stream_buffer < 1:
-            raise MeerkatError(
-                "INVALID_ARGS", f"stream_buffer must be a positive number of events, not {stream_buffer!r}"
-            )
-        self._stream_buffer = stream_buffer
-        self._command = list(command) if command is not None else None
+        self._stream_buffer = positive_int(stream_buffer, "stream_buffer")
+        self._max_message_bytes = positive_int(max_message_bytes, "max_message_bytes")
+        self._command = str_list(command, "command") if command is not None else None
         self._restart = bool(restart)
         self._flags: List[str] = []
         self._lock = threading.Lock()
@@ -171,14 +177,20 @@ class MeerkatClient:
             user_config_root=user_config_root,
         )
         deadline = Deadline(resolve_timeout(timeout, self._connect_timeout))
+        # An explicit timeout= covers everything, a first-run download included; the default
+        # connect_timeout covers the handshake, and a download has its own deadline
+        # (MEERKAT_DOWNLOAD_DEADLINE, docs/binary-resolution.rst).
+        explicit = timeout is not USE_DEFAULT
         with self._lock:
             if self._closed:
                 raise _client_closed()
             if self._endpoint is not None:
                 raise MeerkatError("INVALID_ARGS", "the client is already connected")
             self._flags = flags
-            self._router, self._endpoint, self._transport = self._spawn()
+            self._router, self._endpoint, self._transport = self._spawn(deadline if explicit else None)
             _LIVE_CLIENTS.add(self)
+        if not explicit:
+            deadline = Deadline(self._connect_timeout)
         try:
             self._handshake(deadline, self._endpoint)
         except BaseException:
@@ -186,29 +198,41 @@ class MeerkatClient:
             raise
         return self
 
-    def _spawn(self) -> Tuple[EventRouter, Endpoint, Transport]:
+    def _spawn(self, deadline: Optional[Deadline] = None) -> Tuple[EventRouter, Endpoint, Transport]:
         """Start a child with its own router, endpoint and transport.
 
         Each generation's parts are bound to each other, not to ``self``, so a dead child's
-        last callbacks can never touch its successor after a restart.
+        last callbacks can never touch its successor after a restart. ``deadline`` bounds
+        finding (and, on a first run, downloading) the binary.
         """
-        argv = self._command or [resolve_rkat_rpc(self._rkat_path).path, *self._extra_args]
+        argv = self._command or [self._resolve_binary(deadline), *self._extra_args]
         router = EventRouter()
         transport: Transport
 
-        def send(data: bytes) -> None:
-            transport.send(data)
+        def send(data: bytes) -> Ticket:
+            return transport.send(data)
 
-        endpoint = Endpoint(send, self._make_notification_handler(router))
+        def drop(ticket: Ticket) -> bool:
+            return transport.drop(ticket)
+
+        endpoint = Endpoint(send, drop, self._make_notification_handler(router), self._max_message_bytes)
         transport = Transport(
             [*argv, *self._flags],
             env=self._env,
             cwd=self._cwd,
             on_message=endpoint.handle,
             on_close=lambda info: self._on_exit(info, endpoint, router),
+            on_oversize=endpoint.fail_oversized,
+            max_message_bytes=self._max_message_bytes,
         )
         transport.start()
         return router, endpoint, transport
+
+    def _resolve_binary(self, deadline: Optional[Deadline]) -> str:
+        left = None if deadline is None else deadline.remaining()
+        if left is not None and left <= 0:
+            raise MeerkatTimeoutError("connect() ran out of time before rkat-rpc could be started")
+        return resolve_rkat_rpc(self._rkat_path, timeout=left).path
 
     def _respawn(self, broken: Endpoint) -> None:
         """``restart=True``: replace a dead child, once, however many threads notice it."""
@@ -541,12 +565,14 @@ class MeerkatClient:
         create: bool = False,
     ) -> EventStream:
         turn_timeout = resolve_timeout(timeout, self._turn_timeout)
-        stream: EventStream
+        stream_ref: Callable[[], Optional[EventStream]]
 
         def record(result: RunResult) -> None:
             target = session or Session(self, result.session_id)
             target._record(result)
-            stream._session = target
+            current = stream_ref()  # weak: a stream nobody holds must be free to go
+            if current is not None:
+                current._session = target
 
         def start(deadline: Deadline) -> RunHandle:
             return self._start_run(
@@ -566,6 +592,7 @@ class MeerkatClient:
             session_id=session.id if session is not None else None,
             session=session,
         )
+        stream_ref = weakref.ref(stream)
         return stream
 
     def _forget_session(self, session_id: str) -> None:
@@ -593,7 +620,7 @@ class MeerkatClient:
         """A child's stdout ended: wake every waiter of that child with the reason."""
         if self._closed:
             return
-        error = connection_closed(info)
+        error = closed_error(info)
         log.warning("%s", error.message)
         endpoint.fail_all(error)
         router.fail_all(error)
@@ -602,16 +629,15 @@ class MeerkatClient:
 def _input_left_queued(error: Optional[BaseException]) -> bool:
     """Did a failed turn leave its input in the runtime's queue (to be replayed)?
 
-    Params the server rejected up front (-32602) never reached the queue.
+    Only a server's answer says so; params it rejected up front (-32602) never got there.
     """
-    return error is not None and not (isinstance(error, MeerkatError) and error.rpc_code == -32602)
+    return isinstance(error, MeerkatError) and error.rpc_code is not None and error.rpc_code != -32602
 
 
 #: Clients to close at interpreter exit, so no rkat-rpc outlives the script.
 _LIVE_CLIENTS: weakref.WeakSet[MeerkatClient] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_live_clients() -> None:
     for client in list(_LIVE_CLIENTS):
         try:
@@ -620,10 +646,25 @@ def _close_live_clients() -> None:
             log.debug("closing a client at exit failed", exc_info=True)
 
 
+# Close before the interpreter joins non-daemon threads, so a thread waiting in a turn
+# fails at once (CLIENT_CLOSED) instead of holding the exit for the whole turn. The hook
+# is CPython's (3.9+); elsewhere atexit does it, after those threads have finished.
+_register_exit = getattr(threading, "_register_atexit", None)
+if callable(_register_exit):
+    _register_exit(_close_live_clients)
+else:
+    atexit.register(_close_live_clients)
+
+
 def _disown_after_fork() -> None:
-    """In a forked child, inherited clients must neither be used nor close the parent's child."""
+    """In a forked child, inherited clients must neither be used nor close the parent's child.
+
+    The child also lets go of the pipes, so the parent's death still closes rkat-rpc's stdin.
+    """
     for client in list(_LIVE_CLIENTS):
         client._forked = True
+        if client._transport is not None:
+            client._transport.disown_in_child()
     _LIVE_CLIENTS.clear()
 
 

@@ -8,24 +8,45 @@ SHA-256 digest and the binary itself was hashed and recorded.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import platform
 import posixpath
+import queue
+import socket
 import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
-from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Tuple,
+    Union,
+    cast,
+)
 from urllib.parse import urljoin, urlsplit
 
 import attrs
 
+from ._deadline import Deadline
 from ._digests import RKAT_RPC_VERSION, PinnedDigest, pinned_digests
 from .errors import MeerkatError
 
@@ -37,6 +58,7 @@ __all__ = [
     "DownloadSettings",
     "InstallRecord",
     "Target",
+    "deadline_error",
     "download_and_install",
     "platform_target",
     "release_urls",
@@ -49,12 +71,20 @@ DEFAULT_BASE_URL = "https://github.com/lukacf/meerkat/releases/download"
 DEFAULT_CONNECT_TIMEOUT = 15.0
 DEFAULT_READ_TIMEOUT = 30.0
 DEFAULT_LOCK_TIMEOUT = 600.0
+#: The whole download: waiting for the cache lock, both fetches, unpacking and installing.
+DEFAULT_DOWNLOAD_DEADLINE = 300.0
 DEFAULT_MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_BINARY_BYTES = 512 * 1024 * 1024
+#: All the bytes unpacking may decompress: the binary's cap plus room for small extras.
+DEFAULT_MAX_UNPACKED_BYTES = DEFAULT_MAX_BINARY_BYTES + 64 * 1024 * 1024
 MAX_CHECKSUMS_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
 MAX_ARCHIVE_MEMBERS = 10_000
 CHUNK_BYTES = 64 * 1024
+#: How much is decompressed at a time to skip an archive member that is not the binary.
+SKIP_BYTES = 128 * 1024
+#: Received chunks waiting to be written: bounds the memory a download can take.
+QUEUED_CHUNKS = 16
 PROGRESS_MIN_BYTES = 2 * 1024 * 1024
 TEMP_PREFIX = ".rkat-rpc-tmp-"
 MANIFEST_NAME = "rkat-rpc.manifest.json"
@@ -199,8 +229,11 @@ class DownloadSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    #: Seconds the whole download may take; None: no overall limit, only per-read timeouts.
+    download_deadline: Optional[float] = DEFAULT_DOWNLOAD_DEADLINE
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
     max_binary_bytes: int = DEFAULT_MAX_BINARY_BYTES
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
     #: ``requests``' ``verify``: True (system CAs, or ``REQUESTS_CA_BUNDLE``) or a CA bundle path.
     verify: Union[bool, str] = True
     #: None: the digests shipped in ``_digests.py``.
@@ -215,7 +248,7 @@ class DownloadSettings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> DownloadSettings:
         """Read ``MEERKAT_CACHE_DIR``, ``MEERKAT_DOWNLOAD_BASE_URL``, ``MEERKAT_NO_DOWNLOAD``,
-        ``MEERKAT_DOWNLOAD_TIMEOUT`` and ``MEERKAT_LOCK_TIMEOUT``."""
+        ``MEERKAT_DOWNLOAD_TIMEOUT``, ``MEERKAT_DOWNLOAD_DEADLINE`` and ``MEERKAT_LOCK_TIMEOUT``."""
         values: Dict[str, Any] = {}
         cache_dir = environ.get("MEERKAT_CACHE_DIR", "").strip()
         system = overrides.get("system")
@@ -231,9 +264,11 @@ class DownloadSettings:
         timeout = _env_seconds(environ, "MEERKAT_DOWNLOAD_TIMEOUT")
         if timeout is not None:
             values["connect_timeout"] = values["read_timeout"] = timeout
-        lock_timeout = _env_seconds(environ, "MEERKAT_LOCK_TIMEOUT")
-        if lock_timeout is not None:
-            values["lock_timeout"] = lock_timeout
+        for variable, field in (("MEERKAT_DOWNLOAD_DEADLINE", "download_deadline"),
+                                ("MEERKAT_LOCK_TIMEOUT", "lock_timeout")):
+            seconds = _env_seconds(environ, variable)
+            if seconds is not None:
+                values[field] = seconds
         values.update(overrides)
         return cls(**values)
 
@@ -310,6 +345,25 @@ _FALLBACK_ADVICE = (
 )
 
 
+def deadline_error(deadline: Deadline, url: str, stage: str) -> MeerkatError:
+    """The whole download ran out of time; ``stage`` says what it was doing."""
+    return _failed(
+        url,
+        f"the download did not finish within {deadline.timeout:g} s (it was {stage}); nothing "
+        "was installed",
+        "deadline",
+        "retry on a faster connection, raise MEERKAT_DOWNLOAD_DEADLINE (or pass a larger "
+        "timeout=), use a closer mirror via MEERKAT_DOWNLOAD_BASE_URL, " + _FALLBACK_ADVICE,
+        timeout=deadline.timeout,
+        stage=stage,
+    )
+
+
+def _check_deadline(deadline: Deadline, url: str, stage: str) -> None:
+    if deadline.expired():
+        raise deadline_error(deadline, url, stage)
+
+
 def _request_error(url: str, exc: requests.RequestException) -> MeerkatError:
     import requests
     cause = f"{type(exc).__name__}: {exc}"
@@ -334,7 +388,15 @@ def _request_error(url: str, exc: requests.RequestException) -> MeerkatError:
     )
 
 
-def _open(session: requests.Session, url: str, settings: DownloadSettings) -> requests.Response:
+def _capped(seconds: float, deadline: Deadline) -> float:
+    """A per-connect or per-read timeout, never longer than the time left (and positive)."""
+    left = deadline.remaining()
+    return seconds if left is None else max(0.01, min(seconds, left))
+
+
+def _open(
+    session: requests.Session, url: str, settings: DownloadSettings, deadline: Deadline
+) -> requests.Response:
     """GET ``url``, following at most MAX_REDIRECTS redirects and only to HTTPS."""
     import requests
     first = url
@@ -344,7 +406,8 @@ def _open(session: requests.Session, url: str, settings: DownloadSettings) -> re
                 url,
                 stream=True,
                 allow_redirects=False,
-                timeout=(settings.connect_timeout, settings.read_timeout),
+                timeout=(_capped(settings.connect_timeout, deadline),
+                         _capped(settings.read_timeout, deadline)),
                 verify=settings.verify,
                 headers={
                     "Accept-Encoding": "identity",
@@ -413,17 +476,122 @@ class _Progress:
             self.update(done, final=True)
 
 
+_END = object()
+
+
+def _shut_down(response: requests.Response) -> None:
+    """Wake a read blocked on the response's socket; it then fails or sees the end.
+
+    ``socket.socket.shutdown`` rather than ``SSLSocket.shutdown``, which would also drop the
+    TLS state the reading thread is still using.
+    """
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Transfer:
+    """One streamed GET whose blocking network reads run on a helper thread.
+
+    Socket timeouts count per read, so a server that trickles a byte a second never trips
+    them. The caller therefore only ever waits on a queue, never past the deadline; when it
+    stops early (deadline, error, enough read) the socket is shut down and the helper ends
+    at once. A helper still inside the response headers ends when they do or when its read
+    timeout fires; it holds no file and no lock, and the caller is not waiting for it.
+    """
+
+    response: requests.Response  # set once the headers have arrived
+
+    def __init__(self, session: requests.Session, url: str, settings: DownloadSettings,
+                 deadline: Deadline, stage: str) -> None:
+        self.url = url
+        self._deadline = deadline
+        self._stage = stage
+        self._items: queue.Queue[object] = queue.Queue(maxsize=QUEUED_CHUNKS)
+        self._stopped = threading.Event()
+        self._finished = False
+        self._response: Optional[requests.Response] = None
+        self._thread = threading.Thread(target=self._fetch, args=(session, settings),
+                                        name="meerkat-sync download", daemon=True)
+
+    def __enter__(self) -> _Transfer:
+        self._thread.start()
+        try:
+            self.response = cast("requests.Response", self._next())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            item = self._next()
+            if item is _END:
+                return
+            yield cast(bytes, item)
+
+    def close(self) -> None:
+        if self._finished:  # the helper has handed over its last item and is returning
+            self._thread.join()
+            return
+        self._stopped.set()
+        if self._response is not None:
+            _shut_down(self._response)
+        with contextlib.suppress(queue.Empty):  # frees a helper blocked on a full queue
+            while True:
+                self._items.get_nowait()
+
+    def _next(self) -> object:
+        while True:
+            try:
+                item = self._items.get(timeout=self._deadline.slice())
+                break
+            except queue.Empty:
+                if self._deadline.expired():
+                    raise deadline_error(self._deadline, self.url, self._stage) from None
+        self._finished = item is _END or isinstance(item, BaseException)
+        if isinstance(item, BaseException):
+            if self._deadline.expired():  # a read timeout cut short to the time left
+                raise deadline_error(self._deadline, self.url, self._stage) from item
+            raise item
+        return item
+
+    def _fetch(self, session: requests.Session, settings: DownloadSettings) -> None:
+        try:
+            with _open(session, self.url, settings, self._deadline) as response:
+                self._response = response
+                if not self._offer(response):
+                    return
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    if not self._offer(chunk):
+                        return
+            self._offer(_END)
+        except BaseException as exc:  # raised again on the caller's thread
+            self._offer(exc)
+
+    def _offer(self, item: object) -> bool:
+        """Queue ``item`` unless the caller has stopped; False: stop fetching."""
+        if self._stopped.is_set():
+            return False
+        self._items.put(item)
+        return not self._stopped.is_set()
+
+
 def _stream_body(
-    response: requests.Response,
-    url: str,
+    transfer: _Transfer,
     limit: int,
     sink: Callable[[bytes], None],
     progress: Optional[_Progress] = None,
 ) -> int:
     """Copy the body into ``sink``; refuse a body over ``limit`` or shorter than declared."""
     import requests
+    url = transfer.url
     declared: Optional[int] = None
-    raw = response.headers.get("content-length")
+    raw = transfer.response.headers.get("content-length")
     if raw is not None:
         try:
             declared = int(raw)
@@ -439,7 +607,7 @@ def _stream_body(
         )
     done = 0
     try:
-        for chunk in response.iter_content(CHUNK_BYTES):
+        for chunk in transfer.chunks():
             done += len(chunk)
             if done > limit:
                 raise MeerkatError(
@@ -466,7 +634,6 @@ def _stream_body(
 
 def _check_status(response: requests.Response, url: str) -> None:
     if response.status_code != 200:
-        response.close()
         raise _failed(
             url,
             f"HTTP {response.status_code} {response.reason}",
@@ -502,7 +669,8 @@ def parse_checksums(text: str) -> Dict[str, List[str]]:
 
 
 def _expected_archive_digest(
-    session: requests.Session, settings: DownloadSettings, target: Target, urls: ReleaseUrls
+    session: requests.Session, settings: DownloadSettings, target: Target, urls: ReleaseUrls,
+    deadline: Deadline,
 ) -> Tuple[str, str, Optional[str]]:
     """Return (archive sha256, where it came from, pinned binary sha256 or None)."""
     pin = settings.pinned_for(target.triple)
@@ -517,8 +685,8 @@ def _expected_archive_digest(
             )
         return pin.archive_sha256.lower(), "pinned", pin.binary_sha256
     url = urls.checksums_url
-    response = _open(session, url, settings)
-    with response:
+    with _Transfer(session, url, settings, deadline, "fetching the checksums") as transfer:
+        response = transfer.response
         if response.status_code in (404, 410):
             raise MeerkatError(
                 "BINARY_DIGEST_UNAVAILABLE",
@@ -529,7 +697,7 @@ def _expected_archive_digest(
             )
         _check_status(response, url)
         body = bytearray()
-        _stream_body(response, url, MAX_CHECKSUMS_BYTES, body.extend)
+        _stream_body(transfer, MAX_CHECKSUMS_BYTES, body.extend)
     text = bytes(body).decode("utf-8", errors="replace")
     digests = set(parse_checksums(text).get(urls.asset, []))
     if len(digests) != 1:
@@ -569,8 +737,64 @@ def _member_name(asset: str, name: str) -> str:
     return "/".join(parts)
 
 
+class _Reader(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _Unpacked(io.BufferedIOBase):
+    """Decompressed archive data, read front to back and cut off past a byte budget.
+
+    Reaching a later tar member means decompressing every byte before it, so a huge member
+    that compresses to almost nothing would otherwise cost seconds of CPU under the lock.
+    Headers say how far each member's data runs: :meth:`require` refuses it before any of
+    it is decompressed, and the budget on reads bounds what headers do not show (long
+    names, pax records). tarfile seeks over the members it skips: here that decompresses
+    in large steps and counts like any read. ``check`` (the deadline) runs before each read.
+    """
+
+    def __init__(self, source: _Reader, budget: int, asset: str, check: Callable[[], None]):
+        super().__init__()
+        self._source = source
+        self._budget = budget
+        self._position = 0
+        self._asset = asset
+        self._check = check
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
+        if whence != io.SEEK_SET or offset < self._position:
+            raise io.UnsupportedOperation("archive data can only be read front to back")
+        while self._position < offset and self.read(min(SKIP_BYTES, offset - self._position)):
+            pass
+        return self._position
+
+    def read(self, size: Optional[int] = -1, /) -> bytes:
+        self._check()
+        left = self._budget - self._position
+        data = self._source.read(left + 1 if size is None or size < 0 else min(size, left + 1))
+        self._position += len(data)
+        self.require(self._position, "the archive")
+        return data
+
+    def require(self, end: int, what: str) -> None:
+        """Refuse the archive if ``what`` runs to offset ``end``, past the budget."""
+        if end > self._budget:
+            raise _archive_invalid(
+                self._asset, f"{what} unpacks past the {self._budget}-byte limit on unpacked data",
+                max_unpacked_bytes=self._budget,
+            )
+
+
 def _copy_bounded(
-    source: IO[bytes], out: IO[bytes], limit: int, asset: str
+    source: _Reader, out: IO[bytes], limit: int, asset: str
 ) -> Tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -587,18 +811,25 @@ def _copy_bounded(
 
 
 def extract_binary(
-    archive_path: str, target: Target, asset: str, out: IO[bytes], limit: int
+    archive_path: str, target: Target, asset: str, out: IO[bytes], limit: int,
+    budget: int, check: Callable[[], None],
 ) -> Tuple[str, int]:
     """Copy the one expected member into ``out``; return its (sha256, size).
 
-    Every member is checked first: a link, device, absolute path or ``..`` anywhere rejects
-    the whole archive, and nothing is written from a path taken from the archive.
+    Every member is checked: a link, device, absolute path or ``..`` anywhere rejects the
+    whole archive, and nothing is written from a path taken from the archive. The binary is
+    at most ``limit`` bytes; at most ``budget`` bytes are decompressed in all, and ``check``
+    (the deadline) runs before each read.
     """
     name = target.binary_name
+
+    def unpacked(source: _Reader) -> _Unpacked:
+        return _Unpacked(source, budget, asset, check)
+
     try:
         if target.ext == "zip":
-            return _extract_zip(archive_path, name, asset, out, limit)
-        return _extract_tar(archive_path, name, asset, out, limit)
+            return _extract_zip(archive_path, name, asset, out, limit, unpacked)
+        return _extract_tar(archive_path, name, asset, out, limit, unpacked)
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a real I/O error (disk full...), not a malformed archive
@@ -606,13 +837,17 @@ def extract_binary(
 
 
 def _extract_tar(
-    path: str, name: str, asset: str, out: IO[bytes], limit: int
+    path: str, name: str, asset: str, out: IO[bytes], limit: int,
+    unpacked: Callable[[_Reader], _Unpacked],
 ) -> Tuple[str, int]:
-    with tarfile.open(path, mode="r:gz") as tar:
-        found: Optional[tarfile.TarInfo] = None
+    """One pass over the stream: the binary is copied out when reached, never re-read."""
+    with gzip.open(path, "rb") as raw, unpacked(raw) as data, \
+            tarfile.open(fileobj=data, mode="r:") as tar:
+        copied: Optional[Tuple[str, int]] = None
         for count, member in enumerate(tar, 1):
             if count > MAX_ARCHIVE_MEMBERS:
                 raise _archive_invalid(asset, f"more than {MAX_ARCHIVE_MEMBERS} members")
+            data.require(member.offset_data + member.size, f"member {member.name!r}")
             clean = _member_name(asset, member.name)
             if member.issym() or member.islnk():
                 raise _archive_invalid(
@@ -625,23 +860,25 @@ def _extract_tar(
             if clean != name:
                 logger.debug("ignoring archive member %r", member.name)
                 continue
-            if found is not None:
+            if copied is not None:
                 raise _archive_invalid(asset, f"{name!r} appears more than once")
             if member.size > limit:
                 raise _archive_invalid(asset, f"{name!r} is {member.size} bytes, over {limit}")
-            found = member
-        if found is None:
+            source = tar.extractfile(member)
+            if source is None:  # pragma: no cover - isfile() members always have data
+                raise _archive_invalid(asset, f"{name!r} has no data")
+            with source:
+                copied = _copy_bounded(source, out, limit, asset)
+        if copied is None:
             raise _archive_invalid(asset, f"no {name!r} at the root of the archive")
-        source = tar.extractfile(found)
-        if source is None:  # pragma: no cover - isfile() members always have data
-            raise _archive_invalid(asset, f"{name!r} has no data")
-        with source:
-            return _copy_bounded(source, out, limit, asset)
+        return copied
 
 
 def _extract_zip(
-    path: str, name: str, asset: str, out: IO[bytes], limit: int
+    path: str, name: str, asset: str, out: IO[bytes], limit: int,
+    unpacked: Callable[[_Reader], _Unpacked],
 ) -> Tuple[str, int]:
+    """Only the binary is decompressed: the central directory says where each member is."""
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         if len(infos) > MAX_ARCHIVE_MEMBERS:
@@ -666,7 +903,7 @@ def _extract_zip(
         if found is None:
             raise _archive_invalid(asset, f"no {name!r} at the root of the archive")
         with archive.open(found) as source:
-            return _copy_bounded(source, out, limit, asset)
+            return _copy_bounded(unpacked(source), out, limit, asset)
 
 
 # --------------------------------------------------------------------------- install
@@ -710,12 +947,13 @@ def _unlink(path: Optional[str]) -> None:
 
 
 def download_and_install(
-    settings: DownloadSettings, target: Target, directory: str
+    settings: DownloadSettings, target: Target, directory: str, deadline: Deadline
 ) -> Tuple[str, InstallRecord]:
     """Fetch, verify and install the binary into ``directory``; the caller holds the lock.
 
-    Returns the installed path and its record. On any failure nothing is left behind but
-    the previous state of ``directory`` (which the caller has already emptied).
+    Returns the installed path and its record. On any failure, the deadline included,
+    nothing is left behind but the previous state of ``directory`` (which the caller has
+    already emptied).
     """
     import requests
     urls = release_urls(settings, target)
@@ -726,7 +964,7 @@ def download_and_install(
     manifest_tmp: Optional[str] = None
     with requests.Session() as session:
         expected, source, pinned_binary = _expected_archive_digest(
-            session, settings, target, urls
+            session, settings, target, urls, deadline
         )
         logger.info("downloading %s", urls.archive_url)
         try:
@@ -738,18 +976,16 @@ def download_and_install(
                     digest.update(chunk)
                     handle.write(chunk)
 
-                response = _open(session, urls.archive_url, settings)
-                with response:
-                    _check_status(response, urls.archive_url)
-                    declared = response.headers.get("content-length")
+                with _Transfer(session, urls.archive_url, settings, deadline,
+                               "receiving the archive") as transfer:
+                    _check_status(transfer.response, urls.archive_url)
+                    declared = transfer.response.headers.get("content-length")
                     progress = _Progress(
                         settings.progress_stream,
                         f"Downloading rkat-rpc {settings.version} ({target.triple})",
                         int(declared) if declared and declared.isdigit() else None,
                     )
-                    _stream_body(
-                        response, urls.archive_url, settings.max_archive_bytes, sink, progress
-                    )
+                    _stream_body(transfer, settings.max_archive_bytes, sink, progress)
             actual = digest.hexdigest()
             if actual != expected:
                 raise _mismatch("archive", urls.archive_url, urls.asset, expected, actual,
@@ -759,7 +995,9 @@ def download_and_install(
             fd, binary_tmp = _temp(directory, ".binary")
             with os.fdopen(fd, "wb") as out:
                 binary_sha, size = extract_binary(
-                    archive_tmp, target, urls.asset, out, settings.max_binary_bytes
+                    archive_tmp, target, urls.asset, out, settings.max_binary_bytes,
+                    settings.max_unpacked_bytes,
+                    lambda: _check_deadline(deadline, urls.archive_url, "unpacking the archive"),
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -783,6 +1021,7 @@ def download_and_install(
                 text_out.write(record.to_json())
                 text_out.flush()
                 os.fsync(text_out.fileno())
+            _check_deadline(deadline, urls.archive_url, "installing the binary")
             # Manifest first: a binary without its manifest is treated as tampered and
             # replaced, so a crash between the two renames cannot leave an unverifiable binary.
             os.replace(manifest_tmp, os.path.join(directory, MANIFEST_NAME))

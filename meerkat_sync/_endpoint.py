@@ -10,10 +10,12 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import re
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from ._transport import ExitInfo, encode
+from ._transport import encode
+from ._writer import Ticket
 from .errors import MeerkatError, error_from_rpc
 
 log = logging.getLogger("meerkat_sync")
@@ -27,22 +29,31 @@ LONG_RUNNING = frozenset({"session/create", "turn/start"})
 
 RequestHandler = Callable[[Any], Any]
 NotificationHandler = Callable[[str, Dict[str, Any]], None]
-Sender = Callable[[bytes], None]
+Sender = Callable[[bytes], Ticket]
+Dropper = Callable[[Ticket], bool]
+
+#: The id near the start of a response; a notification or request names its method first.
+_RESPONSE_ID = re.compile(rb'"id"\s*:\s*(-?\d+)')
 
 
 class _Pending:
-    __slots__ = ("future", "method")
+    __slots__ = ("future", "method", "ticket")
 
     def __init__(self, method: str) -> None:
         self.method = method
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.ticket: Optional[Ticket] = None
 
 
 class Endpoint:
     """Matches responses to requests and dispatches everything else."""
 
-    def __init__(self, send: Sender, on_notification: NotificationHandler) -> None:
+    def __init__(
+        self, send: Sender, drop: Dropper, on_notification: NotificationHandler, max_message_bytes: int
+    ) -> None:
         self._send = send
+        self._drop = drop
+        self._max_message_bytes = max_message_bytes
         self._on_notification = on_notification
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -60,14 +71,14 @@ class Endpoint:
         params: Mapping[str, Any],
         before_send: Optional[Callable[[int], None]] = None,
     ) -> Tuple[int, concurrent.futures.Future[Any]]:
-        """Send a request; returns its id and the future its response settles.
+        """Queue a request; returns its id and the future its response settles.
 
-        ``before_send`` runs under the write order lock, so whatever it registers (an event
-        sink) is ordered exactly as the requests reach the server.
+        Nothing here blocks on the child: the line is queued for the writer thread, and
+        the caller bounds its wait on the future. ``before_send`` runs under the order
+        lock, so whatever it registers (an event sink) is ordered as the requests are.
         """
         pending = _Pending(method)
-        # The order lock keeps id order == write order; the reader thread never takes it,
-        # so a write that blocks on a full pipe cannot stop responses from being read.
+        # The order lock keeps id order == write order; it is only held to queue a line.
         with self._order_lock:
             with self._lock:
                 if self._closed is not None:
@@ -77,7 +88,7 @@ class Endpoint:
                 data = encode(
                     {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
                 )
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 raise MeerkatError(
                     "INVALID_ARGS", f"{method} arguments cannot be sent as JSON: {exc}"
                 ) from None
@@ -88,7 +99,7 @@ class Endpoint:
             try:
                 if before_send is not None:
                     before_send(request_id)
-                self._send(data)
+                pending.ticket = self._send(data)
             except BaseException:
                 self.forget(request_id)
                 raise
@@ -102,17 +113,28 @@ class Endpoint:
             log.debug("could not send %s notification: %s", method, exc)
 
     def forget(self, request_id: int) -> None:
-        """Stop waiting for a response: a late one is then discarded as unknown."""
+        """Stop waiting for a response (a late one is discarded); an unsent request never goes."""
         with self._lock:
-            self._pending.pop(request_id, None)
+            pending = self._pending.pop(request_id, None)
+        if pending is not None and pending.ticket is not None:
+            self._drop(pending.ticket)
 
     def cancel(self, request_id: int, method: str) -> None:
-        """Ask the server to stop a request its caller no longer waits for (§1.7).
+        """Call off a request its caller no longer waits for (§1.7).
 
-        A turn stays pending: its response still settles the session (and frees the
-        session for its next turn); anything else is forgotten.
+        One still queued is withdrawn: it never reaches the server. A turn already sent
+        gets a ``cancel`` and stays pending, so its response still settles the session (and
+        frees it for its next turn); anything else sent is forgotten.
         """
-        if method in LONG_RUNNING:
+        with self._lock:
+            pending = self._pending.get(request_id)
+        if pending is not None and pending.ticket is not None and self._drop(pending.ticket):
+            with self._lock:
+                self._pending.pop(request_id, None)
+            pending.future.set_exception(
+                MeerkatError("NOT_SENT", f"{method} was withdrawn before it was written")
+            )
+        elif method in LONG_RUNNING:
             self.notify("cancel", {"request_id": request_id})
         else:
             self.forget(request_id)
@@ -215,6 +237,24 @@ class Endpoint:
 
     # --- shutdown --------------------------------------------------------------------------
 
+    def fail_oversized(self, head: bytes, size: int) -> None:
+        """A line over ``max_message_bytes`` was dropped: fail its request if it was a response."""
+        match = _RESPONSE_ID.search(head)
+        if match is None or b'"method"' in head[: match.start()]:
+            return
+        with self._lock:
+            pending = self._pending.pop(int(match.group(1)), None)
+        if pending is not None:
+            pending.future.set_exception(
+                MeerkatError(
+                    "MESSAGE_TOO_LARGE",
+                    f"the response to {pending.method} was {size} bytes, more than "
+                    f"max_message_bytes={self._max_message_bytes}; pass a larger "
+                    "MeerkatClient(max_message_bytes=...) if replies this big are expected",
+                    details={"size": size, "max_message_bytes": self._max_message_bytes},
+                )
+            )
+
     def fail_all(self, error: MeerkatError) -> None:
         """Wake every waiter with ``error``; later requests fail at once with it."""
         with self._lock:
@@ -231,11 +271,3 @@ class Endpoint:
     @property
     def closed_error(self) -> Optional[MeerkatError]:
         return self._closed
-
-
-def connection_closed(info: ExitInfo) -> MeerkatError:
-    return MeerkatError(
-        "CONNECTION_CLOSED",
-        f"{info.describe()}. Create a new client to continue.",
-        details={"returncode": info.returncode, "stderr_tail": info.stderr_tail},
-    )

@@ -6,6 +6,8 @@ never sees a request it would reject with an unmatchable ``"id": null`` error (Â
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import uuid
@@ -48,11 +50,19 @@ def _block_to_wire(block: Any, where: str) -> Dict[str, Any]:
         _require_str(out, "text", where)
     elif kind == "image":
         _require_str(out, "media_type", where)
+        if not out["media_type"].startswith("image/"):
+            raise invalid(
+                f"{where}['media_type'] must be an image type like 'image/png', not {out['media_type']!r}"
+            )
         if "source" not in out:
             # The seed API omits "source"; the 0.5.0 server requires it.
             out["source"] = "blob" if "blob_id" in out and "data" not in out else "inline"
         if out["source"] == "inline":
             _require_str(out, "data", where)
+            try:
+                base64.b64decode(out["data"], validate=True)
+            except (binascii.Error, ValueError):
+                raise invalid(f"{where}['data'] must be base64-encoded image bytes") from None
         elif out["source"] == "blob":
             _require_str(out, "blob_id", where)
         else:
@@ -137,10 +147,21 @@ def _str(value: Any, name: str) -> Any:
     return value
 
 
-def _count(value: Any, name: str) -> Any:
+_U64 = 2**64 - 1
+_U32 = 2**32 - 1
+
+
+def _count(value: Any, name: str, limit: int = _U64) -> Any:
+    """A whole number the wire can carry (u64 unless the field is narrower)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise invalid(f"{name} must be a non-negative integer, not {value!r}")
+    if value > limit:
+        raise invalid(f"{name} must be at most {limit} (the protocol's range), not {value}")
     return value
+
+
+def _u32(value: Any, name: str) -> Any:
+    return _count(value, name, _U32)
 
 
 def _bool(value: Any, name: str) -> Any:
@@ -154,6 +175,8 @@ def _json(value: Any, name: str) -> Any:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise invalid(f"{name} cannot be sent as JSON: {exc}") from None
+    except RecursionError:
+        raise invalid(f"{name} is nested too deeply to be sent as JSON") from None
     return value
 
 
@@ -217,9 +240,9 @@ CREATE_OPTIONS: Dict[str, Check] = {
     "model": _str,
     "provider": _str,
     "system_prompt": _str,
-    "max_tokens": _count,
+    "max_tokens": _u32,
     "output_schema": _object,
-    "structured_output_retries": _count,
+    "structured_output_retries": _u32,
     "hooks_override": _object,
     "enable_builtins": _bool,
     "enable_shell": _bool,
@@ -268,6 +291,21 @@ def build_params(
     if "provider" in params and "model" not in params and method == "turn/start":
         raise invalid("provider can only be changed together with model on a turn; pass model= too")
     return params, wire_prompt
+
+
+def positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise invalid(f"{name} must be a positive whole number, not {value!r}")
+    return value
+
+
+def str_list(value: Any, name: str) -> List[str]:
+    """A list of strings (an argv): a bare string or None is refused, not split or iterated."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise invalid(f"{name} must be a list of strings, not {value!r}")
+    if not all(isinstance(v, str) for v in value):
+        raise invalid(f"{name} must contain only strings, not {value!r}")
+    return list(value)
 
 
 def session_id_arg(value: Any) -> str:

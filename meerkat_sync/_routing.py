@@ -18,6 +18,7 @@ The wire gives events a session id but no request id (PROTOCOL.md §5.2), so:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -131,6 +132,12 @@ class RunSink:
         if self.dropped:
             self.items.put(truncated(self.dropped, reason))
             self.dropped = 0
+
+    def clear(self) -> None:
+        """Free the queued events of a sink nobody reads any more."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.items.get_nowait()
 
     def end_run(self) -> None:
         if not self.run_ended:
@@ -333,9 +340,10 @@ class EventRouter:
             self._deliver(route, envelope, payload, payload.get("type"))
 
     def release(self, sink: RunSink, grace: float) -> None:
-        """The caller is done with ``sink``: stop queueing; let its run drain into nothing."""
+        """The caller is done with ``sink``: drop what it holds; let its run drain into nothing."""
         with self._lock:
             sink.deliver = False
+            sink.clear()
             if sink.expires_at is None:
                 sink.expires_at = time.monotonic() + grace
             if sink in self._creates:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import queue
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
@@ -146,11 +147,20 @@ class EventStream:
                     parts.append(event.delta)
         return "".join(parts), self.result
 
-    def close(self) -> None:
-        """Stop consuming. Idempotent; the run itself goes on (use interrupt() to stop it)."""
+    def close(self, *, cancel: bool = True) -> None:
+        """Stop consuming; the events not yet read are dropped at once. Idempotent.
+
+        A run still going is called off (it costs tokens and nobody reads it), as when the
+        stream is left early or garbage-collected. ``cancel=False`` lets it finish on the
+        server instead: its result still updates the session.
+        """
         if self._handle is not None and not self._done:
             self._done = True
-            self._handle.release()
+            if cancel:
+                self._abandoned()
+            else:
+                self._abandoned.detach()
+                self._handle.release()
 
     # --- machinery -------------------------------------------------------------------------
 
@@ -160,6 +170,8 @@ class EventStream:
                 raise MeerkatError("INVALID_ARGS", "this stream was closed before it started")
             self._deadline = Deadline(self._timeout)
             self._handle = self._start(self._deadline)
+            # A stream dropped without close() must not keep its buffer, nor its run going.
+            self._abandoned = weakref.finalize(self, _call_off, self._handle)
         return self._handle
 
     def _next_envelope(self) -> Optional[Dict[str, Any]]:
@@ -202,6 +214,7 @@ class EventStream:
                     self._deadline = Deadline(self._grace)
             elif isinstance(item, Marker) and item.error is not None:
                 self._done = True
+                self._abandoned.detach()
                 handle.release()
                 raise item.error
         if self._error is not None:
@@ -213,6 +226,7 @@ class EventStream:
         handle = self._handle
         assert handle is not None
         self._done = True
+        self._abandoned.detach()
         handle.release()
         exc = handle.result.exception()
         if exc is not None:
@@ -221,8 +235,12 @@ class EventStream:
             self._result = handle.result.result()
 
     def _abandon(self) -> None:
-        handle = self._handle
-        assert handle is not None
         self._done = True
+        self._abandoned()
+
+
+def _call_off(handle: RunHandle) -> None:
+    """Cancel a run nobody consumes any more (if it is still going) and free its events."""
+    if not handle.result.done():
         handle.cancel()
-        handle.release()
+    handle.release()

@@ -65,6 +65,25 @@ def file_member(name: str, data: bytes) -> Member:
 
 def make_tar(members: List[Member]) -> bytes:
     """A ``.tar.gz``, byte-for-byte reproducible (the gzip header's mtime is fixed)."""
+    return gzip.compress(_tar_bytes(members), mtime=0)
+
+
+def make_tar_with_zeros_first(name: str, size: int, members: List[Member]) -> bytes:
+    """A ``.tar.gz`` whose first member is ``size`` zero bytes, followed by ``members``.
+
+    A 3 GiB member unpacks from about 3 MiB, built in milliseconds: gzip allows concatenated
+    members, so one compressed MiB of zeros is repeated rather than compressing gigabytes.
+    """
+    mib = 1024 * 1024
+    assert size % mib == 0, "whole MiB keep the tar blocks aligned"
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 1_700_000_000
+    header = gzip.compress(info.tobuf(tarfile.USTAR_FORMAT), mtime=0)
+    zeros = gzip.compress(bytes(mib), mtime=0)
+    return header + zeros * (size // mib) + make_tar(members)
+
+
+def _tar_bytes(members: List[Member]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, data, kind, linkname in members:
@@ -83,7 +102,7 @@ def make_tar(members: List[Member]) -> bytes:
             }[kind]
             info.linkname = linkname
             tar.addfile(info)
-    return gzip.compress(buffer.getvalue(), mtime=0)
+    return buffer.getvalue()
 
 
 def make_zip(members: List[Member]) -> bytes:
@@ -165,6 +184,10 @@ class Route:
     stall_after: Optional[int] = None
     #: Send this many body bytes, then close the connection.
     close_after: Optional[int] = None
+    #: Send the body one byte at a time, this many seconds apart: a trickling server.
+    trickle: float = 0.0
+    #: With ``trickle``: trickle the status line and headers as well.
+    trickle_headers: bool = False
 
 
 class ReleaseServer:
@@ -198,6 +221,11 @@ class ReleaseServer:
                 if route.stall_before_headers:
                     server.stop_event.wait(30)
                     return
+                if route.trickle_headers:
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(route.body)}\r\n\r\n"
+                    self.close_connection = True
+                    self.trickle(head.encode() + route.body, route.trickle)
+                    return
                 if route.redirect is not None:
                     self.send_response(route.status if route.status != 200 else 302)
                     self.send_header("Location", route.redirect)
@@ -214,7 +242,21 @@ class ReleaseServer:
                     self.send_header("Connection", "close")
                     self.close_connection = True
                 self.end_headers()
-                body = route.body
+                if route.trickle:
+                    self.trickle(route.body, route.trickle)
+                else:
+                    self.write_body(route.body, route)
+
+            def trickle(self, data: bytes, interval: float) -> None:
+                try:
+                    for index in range(len(data)):
+                        if server.stop_event.wait(interval):
+                            return
+                        self.wfile.write(data[index : index + 1])
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                    self.close_connection = True
+
+            def write_body(self, body: bytes, route: Route) -> None:
                 try:
                     if route.stall_after is not None:
                         self.wfile.write(body[: route.stall_after])

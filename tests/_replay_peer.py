@@ -3,7 +3,9 @@
 It speaks just enough of the wire for a client to connect. For ``session/list`` whose
 ``labels`` hold ``{"junk": <JSON list of base64 lines>}``, it writes those bytes to stdout
 verbatim (``{id}`` becomes the request id) before the real response, so tests can put
-anything at all on the wire, through the public API, over a real pipe.
+anything at all on the wire, through the public API, over a real pipe. ``{"noise": N}``
+first writes a non-JSON line of N bytes, in pieces; ``{"pad": N}`` pads the response
+itself to about N bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from typing import BinaryIO
 
 
 def main() -> None:
@@ -30,9 +33,23 @@ def main() -> None:
             for line in json.loads(labels.get("junk", "[]")):
                 data = base64.b64decode(line).replace(b"{id}", str(request_id).encode())
                 out.write(data + b"\n")
+            write_noise(out, int(labels.get("noise", "0")))
             result = {"sessions": []}
+            if "pad" in labels:
+                result["pad"] = "x" * int(labels["pad"])
         out.write(json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}).encode() + b"\n")
         out.flush()
+
+
+def write_noise(out: BinaryIO, size: int) -> None:
+    """A non-JSON line of ``size`` bytes, written a megabyte at a time."""
+    if size <= 0:
+        return
+    piece = b"n" * (1 << 20)
+    while size > 0:
+        out.write(piece[:size])
+        size -= len(piece)
+    out.write(b"\n")
 
 
 if __name__ == "__main__":

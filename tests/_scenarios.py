@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 from _observe import Normalizer, error, events, plain
@@ -41,6 +42,13 @@ def attempt(call: Callable[[], Any]) -> Any:
         return plain(call())
     except MeerkatError as exc:
         return error(exc)
+
+
+def legacy(call: Callable[[], Any]) -> Any:
+    """A call with legacy skill-ref strings, on purpose: without their DeprecationWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return call()
 
 
 def _wait_for_run(session: Session, stream: Any) -> None:

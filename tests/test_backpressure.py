@@ -60,6 +60,19 @@ def test_a_seq_gap_from_the_server_is_surfaced() -> None:
         assert [e.delta for e in events if isinstance(e, TextDelta)] == ["a", "b"]
 
 
+def test_a_tool_config_change_inside_a_run_is_not_taken_for_a_gap() -> None:
+    # In a run, tool_config_changed is numbered by the session's own counter (PROTOCOL.md §5.1).
+    change = {
+        "type": "tool_config_changed",
+        "payload": {"operation": "reload", "target": "tool_scope", "status": "applied", "persisted": False},
+    }
+    with scripted_client() as client:
+        session = client.create_session("hi")
+        events = list(session.stream(fake(extra_events=[change, change], chunks=["a", "b"])))
+        assert [e.type for e in events].count("tool_config_changed") == 2
+        assert not any(isinstance(e, StreamTruncated) for e in events)
+
+
 def test_many_slow_streams_do_not_block_the_reader() -> None:
     with scripted_client(stream_buffer=20) as client:
         sessions = [client.create_session(f"s{i}") for i in range(4)]

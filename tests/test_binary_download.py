@@ -25,10 +25,12 @@ from _binary_support import (
     ReleaseServer,
     Route,
     file_member,
+    host_target,
     isolated_env,
     leftovers,
     make_settings,
     make_tar,
+    make_tar_with_zeros_first,
     make_zip,
     seed_cache,
     sha256,
@@ -77,13 +79,19 @@ def good_archive(binary: bytes = BINARY) -> bytes:
     return make_tar([file_member("rkat-rpc", binary)])
 
 
-def resolve(env: dict[str, str], settings: DownloadSettings) -> Resolution:
-    return resolve_rkat_rpc(environ=env, settings=settings)
+MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
-def fails(env: dict[str, str], settings: DownloadSettings, code: str) -> MeerkatError:
+def resolve(env: dict[str, str], settings: DownloadSettings, **options: Any) -> Resolution:
+    return resolve_rkat_rpc(environ=env, settings=settings, **options)
+
+
+def fails(
+    env: dict[str, str], settings: DownloadSettings, code: str, **options: Any
+) -> MeerkatError:
     with pytest.raises(MeerkatError) as info:
-        resolve(env, settings)
+        resolve(env, settings, **options)
     assert info.value.code == code, info.value
     assert not os.path.exists(cache_entry(settings, LINUX).binary)
     assert leftovers(settings, LINUX) == [], "a failed download left files behind"
@@ -294,6 +302,59 @@ def test_corrupt_archive_with_matching_digest(
 ) -> None:
     server.publish(b"\x1f\x8b not really gzip")
     fails(env, settings, "BINARY_ARCHIVE_INVALID")
+
+
+# --------------------------------------------------------------------------- unpacking work
+
+
+def test_a_huge_member_before_the_binary_is_refused_from_its_header(
+    server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
+) -> None:
+    """3 GiB of zeros ahead of the binary, in a 3 MiB archive (skipping it took 11.6 s of CPU)."""
+    server.publish(make_tar_with_zeros_first("decoy", 3 * GIB, [file_member("rkat-rpc", BINARY)]))
+    cpu = time.process_time()
+    error = fails(env, settings, "BINARY_ARCHIVE_INVALID")
+    assert time.process_time() - cpu < 1.0
+    assert "member 'decoy' unpacks past the" in error.message
+    assert error.details["max_unpacked_bytes"] == settings.max_unpacked_bytes
+
+
+@pytest.mark.parametrize(("decoy_mib", "installed"), [(4, True), (16, False)])
+def test_members_before_the_binary_count_towards_the_unpacking_limit(
+    decoy_mib: int, installed: bool, server: ReleaseServer, settings: DownloadSettings,
+    env: dict[str, str],
+) -> None:
+    server.publish(make_tar_with_zeros_first(
+        "docs.bin", decoy_mib * MIB, [file_member("rkat-rpc", BINARY)]))
+    small = make_settings(Path(settings.cache_root), settings.base_url, settings.verify,
+                          max_unpacked_bytes=8 * MIB)
+    if installed:
+        assert Path(resolve(env, small).path).read_bytes() == BINARY
+    else:
+        error = fails(env, small, "BINARY_ARCHIVE_INVALID")
+        assert f"{8 * MIB}-byte limit on unpacked data" in error.message
+
+
+def test_data_hidden_in_headers_counts_towards_the_unpacking_limit(
+    server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
+) -> None:
+    """A 2 MiB member name lives in a pax header, read before the member is even seen."""
+    server.publish(make_tar([file_member("x" * (2 * MIB), b""), file_member("rkat-rpc", BINARY)]))
+    small = make_settings(Path(settings.cache_root), settings.base_url, settings.verify,
+                          max_unpacked_bytes=1 * MIB)
+    error = fails(env, small, "BINARY_ARCHIVE_INVALID")
+    assert "the archive unpacks past the" in error.message
+
+
+def test_zip_members_other_than_the_binary_are_never_read(
+    server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
+) -> None:
+    readme = b"R" * 100_000
+    archive = make_zip([file_member("README.txt", readme), file_member("rkat-rpc.exe", b"MZ")])
+    server.publish(archive.replace(readme, b"X" * len(readme)), asset=ZIP_ASSET)  # bad CRC
+    windows = make_settings(Path(settings.cache_root), settings.base_url, settings.verify,
+                            system="Windows", machine="AMD64")
+    assert Path(resolve(env, windows).path).read_bytes() == b"MZ"
 
 
 # --------------------------------------------------------------------------- size, time, HTTP
@@ -552,3 +613,94 @@ def test_valid_cache_needs_no_lock(
         holder.wait(10)
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+# --------------------------------------------------------------------------- the deadline
+
+
+def deadline_failure(
+    env: dict[str, str], settings: DownloadSettings, timeout: float, stage: str
+) -> MeerkatError:
+    """Resolve with ``timeout=``, expecting the deadline to end it during ``stage``."""
+    started = time.monotonic()
+    error = fails(env, settings, "BINARY_DOWNLOAD_FAILED", timeout=timeout)
+    assert timeout <= time.monotonic() - started < timeout + 1.0
+    assert (error.details["reason"], error.details["stage"]) == ("deadline", stage)
+    assert error.details["timeout"] == timeout
+    assert f"did not finish within {timeout:g} s" in error.message
+    assert "MEERKAT_DOWNLOAD_DEADLINE" in error.message
+    return error
+
+
+def download_threads() -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "meerkat-sync download"]
+
+
+@pytest.mark.parametrize("where", ["checksums", "archive headers", "archive body"])
+def test_a_trickling_server_is_cut_off_at_the_deadline(
+    where: str, server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
+) -> None:
+    """A byte every 0.2 s never trips the 5 s read timeout: only the deadline ends it."""
+    archive = good_archive()
+    server.publish(archive)
+    path = RELEASE + ("checksums.sha256" if where == "checksums" else ASSET)
+    server.routes[path].trickle = 0.2
+    server.routes[path].trickle_headers = where == "archive headers"
+    stage = "fetching the checksums" if where == "checksums" else "receiving the archive"
+    deadline_failure(env, settings, 1.0, stage)
+    if where != "archive headers":  # the socket was shut down: the reading thread ended
+        give_up = time.monotonic() + 2
+        while download_threads() and time.monotonic() < give_up:
+            time.sleep(0.01)
+        assert download_threads() == []
+
+    server.publish(archive)  # the lock was released: the next call downloads at once
+    assert resolve(env, settings, timeout=5).source == "download"
+
+
+def test_meerkat_download_deadline_applies_without_timeout(
+    server: ReleaseServer, certs: Certs, tmp_path: Path, env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = host_target()  # settings from the environment: this machine's platform
+    server.publish(good_archive(), asset=f"rkat-rpc-0.5.0-{target.triple}.{target.ext}",
+                   trickle=0.2)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certs.ca)
+    env = dict(env, MEERKAT_DOWNLOAD_DEADLINE="1", MEERKAT_CACHE_DIR=str(tmp_path / "cache"),
+               MEERKAT_DOWNLOAD_BASE_URL=server.base_url)
+    started = time.monotonic()
+    with pytest.raises(MeerkatError) as info:
+        resolve_rkat_rpc(environ=env)
+    assert 1.0 <= time.monotonic() - started < 2.0
+    assert (info.value.details["reason"], info.value.details["timeout"]) == ("deadline", 1.0)
+    assert leftovers(DownloadSettings.from_environ(env), target) == []
+
+
+def test_waiting_for_the_cache_lock_counts_towards_the_deadline(
+    server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
+) -> None:
+    server.publish(good_archive())
+    holder = _hold_lock(settings)  # settings.lock_timeout is 20 s
+    try:
+        started = time.monotonic()
+        with pytest.raises(MeerkatError) as info:
+            resolve(env, settings, timeout=1.0)
+        assert 1.0 <= time.monotonic() - started < 2.0
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert info.value.code == "BINARY_DOWNLOAD_FAILED"
+    assert info.value.details["stage"] == "waiting for the cache lock"
+    assert server.archive_hits() == 0
+
+
+def test_unpacking_stops_at_the_deadline(
+    server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
+) -> None:
+    """6 GiB of zeros within a raised unpacking limit: seconds of work, cut off at 1.5 s."""
+    server.publish(make_tar_with_zeros_first("decoy", 6 * GIB, [file_member("rkat-rpc", BINARY)]))
+    roomy = make_settings(Path(settings.cache_root), settings.base_url, settings.verify,
+                          max_unpacked_bytes=8 * GIB)
+    deadline_failure(env, roomy, 1.5, "unpacking the archive")

@@ -30,8 +30,7 @@ except ImportError as exc:  # pragma: no cover - only while the client is being 
 
 
 @pytest.fixture
-def target(tmp_path: Path, certs: Certs, server: ReleaseServer,
-           monkeypatch: pytest.MonkeyPatch) -> Target:
+def target(tmp_path: Path, certs: Certs, server: ReleaseServer, monkeypatch: pytest.MonkeyPatch) -> Target:
     """A process environment where only the download can provide rkat-rpc."""
     found = host_target()
     empty = tmp_path / "empty-path"
@@ -117,3 +116,16 @@ def test_client_replaces_a_tampered_cache_before_running(
     assert not evil.exists()
     assert server.archive_hits(asset) == 2
     assert runs(marker) == 2
+
+
+def test_connect_timeout_bounds_a_first_run_download(
+    target: Target, server: ReleaseServer, tmp_path: Path
+) -> None:
+    import time
+
+    publish(server, target, tmp_path / "starts.log", trickle=0.2)  # a byte every 0.2 s
+    started = time.monotonic()
+    with pytest.raises(MeerkatError) as info:
+        MeerkatClient().connect(timeout=1.5)
+    assert time.monotonic() - started < 3.5
+    assert info.value.code == "BINARY_DOWNLOAD_FAILED" and info.value.details["reason"] == "deadline"

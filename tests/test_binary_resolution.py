@@ -324,13 +324,23 @@ def test_http_base_url_is_refused(tmp_path: Path, empty_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [("MEERKAT_NO_DOWNLOAD", "maybe"), ("MEERKAT_DOWNLOAD_TIMEOUT", "soon"),
-     ("MEERKAT_DOWNLOAD_TIMEOUT", "-1"), ("MEERKAT_LOCK_TIMEOUT", "0")],
+     ("MEERKAT_DOWNLOAD_TIMEOUT", "-1"), ("MEERKAT_LOCK_TIMEOUT", "0"),
+     ("MEERKAT_DOWNLOAD_DEADLINE", "inf")],
 )
 def test_bad_variables_are_reported(name: str, value: str, empty_path: Path) -> None:
     with pytest.raises(MeerkatError) as info:
         resolve_rkat_rpc(environ=isolated_env(empty_path, **{name: value}))
     assert info.value.code == "BINARY_CONFIG_INVALID"
     assert name in info.value.message
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), "30", True])
+def test_bad_timeout_argument(timeout: object, tmp_path: Path) -> None:
+    on_path = executable(tmp_path / "bin" / "rkat-rpc")
+    with pytest.raises(MeerkatError) as info:
+        resolve_rkat_rpc(environ=isolated_env(on_path.parent), timeout=timeout)
+    assert info.value.code == "INVALID_ARGS"
+    assert "timeout" in info.value.message
 
 
 def test_bad_variables_do_not_matter_when_a_binary_is_on_path(tmp_path: Path) -> None:
@@ -345,6 +355,7 @@ def test_settings_from_environ(tmp_path: Path) -> None:
         "MEERKAT_DOWNLOAD_BASE_URL": "https://mirror.example/meerkat",
         "MEERKAT_NO_DOWNLOAD": "yes",
         "MEERKAT_DOWNLOAD_TIMEOUT": "7.5",
+        "MEERKAT_DOWNLOAD_DEADLINE": "90",
         "MEERKAT_LOCK_TIMEOUT": "42",
     }
     settings = DownloadSettings.from_environ(env)
@@ -353,8 +364,10 @@ def test_settings_from_environ(tmp_path: Path) -> None:
     assert settings.no_download is True
     assert (settings.connect_timeout, settings.read_timeout) == (7.5, 7.5)
     assert settings.lock_timeout == 42
+    assert settings.download_deadline == 90
     defaults = DownloadSettings.from_environ({"HOME": str(tmp_path), "MEERKAT_NO_DOWNLOAD": "0"})
     assert defaults.base_url == DEFAULT_BASE_URL and defaults.no_download is False
+    assert defaults.download_deadline == 300
 
 
 def test_default_cache_roots() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 import warnings
 
 import pytest
@@ -120,9 +121,10 @@ def test_tool_calls_and_structured_output(client: MeerkatClient) -> None:
             text="done",
             tool_calls=[{"name": "calc", "args": {"expr": "2+2"}, "result": "4"}],
             structured_output={"answer": 4},
-        )
+        ),
+        output_schema={"type": "object", "properties": {"answer": {"type": "integer"}}},
     )
-    assert session.tool_calls == 1 and session.turns == 2
+    assert session.tool_calls == 1 and session.turns == 3  # tools, answer, JSON extraction
     assert session.structured_output == {"answer": 4}
 
 
@@ -198,20 +200,23 @@ def test_list_read_history_archive(client: MeerkatClient) -> None:
     assert info.session_id == a.id and info.last_assistant_text == "Echo: alpha"
     assert isinstance(info.created_at, int) and info.model
     history = a.history()
-    assert history.message_count == 2 and not history.has_more
-    assert isinstance(history.messages[0], UserMessage) and history.messages[0].content == "alpha"
-    assert isinstance(history.messages[1], BlockAssistantMessage)
-    assert history.messages[1].text == "Echo: alpha"
+    assert history.message_count == 3 and not history.has_more  # the system message comes first
+    assert isinstance(history.messages[1], UserMessage) and history.messages[1].content == "alpha"
+    assert isinstance(history.messages[2], BlockAssistantMessage)
+    assert history.messages[2].text == "Echo: alpha"
     page = a.history(offset=1, limit=1)
     assert page.offset == 1 and page.limit == 1 and len(page.messages) == 1
     a.archive()
+    # An archived session stays readable but is no longer listed.
+    assert client.read_session(a.id).last_assistant_text == "Echo: alpha"
+    assert client.list_sessions(labels={"team": "red"}) == []
     with pytest.raises(SessionNotFoundError) as info_err:
-        client.read_session(a.id)
+        client.read_session(str(uuid.uuid4()))
     assert info_err.value.code == "SESSION_NOT_FOUND" and info_err.value.rpc_code == -32001
-    # A turn on an archived session fails inside the run: -32603 "turn abandoned" (§8.3).
+    # A turn on an archived session fails inside the run: -32603 "turn abandoned".
     with pytest.raises(MeerkatError) as turn_err:
         a.turn("still there?")
-    assert turn_err.value.rpc_code == -32603 and "Session not found" in turn_err.value.message
+    assert turn_err.value.rpc_code == -32603 and "session not found" in turn_err.value.message.lower()
 
 
 def test_attach_to_an_existing_session_by_id(client: MeerkatClient) -> None:
@@ -251,5 +256,5 @@ def test_image_blocks_get_the_source_the_server_requires(client: MeerkatClient) 
     )
     assert "What is in this picture?" in session.text
     history = session.history()
-    blocks = history.messages[0].content  # type: ignore[attr-defined]
-    assert blocks[1]["source"] == "inline"
+    blocks = history.messages[1].content  # type: ignore[attr-defined]
+    assert blocks[1]["source"] == "blob" and blocks[1]["blob_id"].startswith("sha256:")

@@ -247,4 +247,4 @@ def test_invalid_turn_arguments(client: MeerkatClient) -> None:
         with pytest.raises(MeerkatError) as info:
             session.turn("x", **kwargs)  # type: ignore[arg-type]
         assert info.value.code == "INVALID_ARGS" and needle in info.value.message
-    assert client.read_session(session.id).message_count == 2
+    assert client.read_session(session.id).message_count == 3  # system, user, assistant

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -72,7 +73,8 @@ def _secs(timeout_s: float) -> str:
 
 def _outcome(answer: IncomingResponse) -> Tuple[str, bool]:
     if answer.error is not None:
-        return str(answer.error["message"]), True
+        failed = {"error": "execution_failed", "message": f"Tool execution failed: {answer.error['message']}"}
+        return json.dumps(failed, ensure_ascii=False, separators=(",", ":")), True
     if not answer.has_result:
         return "Callback response has neither result nor error", True
     result: Any = answer.result

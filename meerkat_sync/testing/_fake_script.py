@@ -21,9 +21,11 @@ class SpecError(ValueError):
 
 
 class ToolCallSpec:
-    """A tool the scripted model calls and whose result the script supplies."""
+    """A tool the scripted model calls; ``result`` (scripted runtime only) replaces running it."""
 
-    def __init__(self, name: str, args: Any, result: str, is_error: bool, call_id: Optional[str]):
+    def __init__(
+        self, name: str, args: Any, result: Optional[str], is_error: bool, call_id: Optional[str]
+    ) -> None:
         self.name = name
         self.args = args
         self.result = result
@@ -156,7 +158,7 @@ def _tool_call(raw: Any) -> ToolCallSpec:
     return ToolCallSpec(
         name=_str(obj.get("name"), "tool_calls[].name"),
         args=obj.get("args", {}),
-        result=_str(obj.get("result", ""), "tool_calls[].result"),
+        result=None if obj.get("result") is None else _str(obj["result"], "tool_calls[].result"),
         is_error=is_error,
         call_id=None if call_id is None else _str(call_id, "tool_calls[].id"),
     )

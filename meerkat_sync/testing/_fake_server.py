@@ -3,50 +3,62 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import threading
 import time
 import traceback
-from typing import IO, Any, Callable, Dict, List, Optional, Set
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from meerkat_sync.testing import _fake_params as params_schema
 from meerkat_sync.testing._fake_callbacks import ServerRequests
 from meerkat_sync.testing._fake_constants import (
+    BUILTIN_TOOLS,
     CANCELLED_BEFORE_PUBLISH,
-    CANCELLED_BEFORE_START,
     CAPABILITIES,
     DEFAULT_CAPABILITY_STATUS,
     DEFAULT_MODEL,
+    DEFAULT_STRUCTURED_OUTPUT_RETRIES,
+    DEFAULT_SYSTEM_PROMPT,
     EOF_GRACE_S,
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    KEEP_ALIVE_MESSAGE,
     KEEP_ALIVE_WAIT_S,
     METHOD_NOT_FOUND,
     METHODS,
     REQUEST_CANCELLED,
+    RESERVED_PEER_LABELS,
+    RUN_CANCELLED,
     SERVER_NAME,
     SERVER_VERSION,
     SESSION_NOT_FOUND,
+    SHELL_TOOLS,
+    SKILL_TOOLS,
     TURN_OVERRIDE_MESSAGE,
     TURN_OVERRIDES,
 )
 from meerkat_sync.testing._fake_params import (
     Content,
-    content_input,
-    content_text,
-    invalid,
+    admit,
+    check_skill_aliases,
     merge_content,
-    opt_bool,
-    opt_str,
-    opt_str_map,
-    opt_uint,
-    optional_object,
+    model_text,
+    parse,
     parse_session_id,
-    req_field,
-    require_object,
+    with_instructions,
 )
-from meerkat_sync.testing._fake_run import Run, RunEnv, RunOutcome, write_event
-from meerkat_sync.testing._fake_script import ReplySpec, Script, SpecError, parse_directive
-from meerkat_sync.testing._fake_sessions import RunHandle, Session, SessionStore, infer_provider
+from meerkat_sync.testing._fake_run import Run, RunEnv, abandoned, failure
+from meerkat_sync.testing._fake_runtime import Input, Respond, RunOutcome, SessionRuntime
+from meerkat_sync.testing._fake_schema import OutputSchema
+from meerkat_sync.testing._fake_script import (
+    ProviderErrorSpec,
+    ReplySpec,
+    Script,
+    SpecError,
+    parse_directive,
+)
+from meerkat_sync.testing._fake_sessions import Session, SessionConfig, SessionStore, infer_provider
 from meerkat_sync.testing._fake_wire import (
     IncomingRequest,
     IncomingResponse,
@@ -56,17 +68,16 @@ from meerkat_sync.testing._fake_wire import (
     Writer,
     error_response,
     id_key,
-    json_kind,
     parse_error,
     parse_message,
     response,
 )
 
 ABSENT = object()
-"""Capability status meaning "not compiled in": the entry is left out (§2.3)."""
+"""Capability status meaning "not compiled in": the entry is left out."""
 
 _HANDLED = object()
-_RESERVED_PEER_LABELS = ("mob_id", "role", "meerkat_id")
+_LONG_RUNNING = ("turn/start", "session/create")
 
 
 class ServerConfig:
@@ -79,48 +90,60 @@ class ServerConfig:
         contract_version: str,
         answer_initialize: bool = True,
         capability_status: Optional[Dict[str, Any]] = None,
+        notification_queue: Optional[int] = None,
     ) -> None:
         self.realm = realm
         self.script = script
         self.contract_version = contract_version
         self.answer_initialize = answer_initialize
         self.capability_status = dict(capability_status or {})
+        self.notification_queue = notification_queue
 
 
 class RequestCtx:
-    """Cancellation state of one long-running request (§1.7)."""
+    """Cancellation state of one long-running request and the input it queued."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._handle: Optional[RunHandle] = None
+        self._target: Optional[Tuple[Session, Input]] = None
+
+    def bind(self, session: Session, item: Input) -> None:
+        with self._lock:
+            self._target = (session, item)
+            if self.cancelled.is_set():
+                session.runtime.cancel(item)
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled.set()
-            if self._handle is not None:
-                self._handle.interrupt.set()
-
-    def attach(self, handle: RunHandle) -> bool:
-        """Bind the run about to start; False if the cancel came first."""
-        with self._lock:
-            if self.cancelled.is_set():
-                return False
-            self._handle = handle
-            return True
+            if self._target is not None:
+                session, item = self._target
+                session.runtime.cancel(item)
 
 
-def abandoned(message: str) -> RpcError:
-    """How a failed run reaches the waiting request (§8.3)."""
-    return RpcError(INTERNAL_ERROR, f"turn abandoned: apply failed: Apply failed: {message}")
-
-
-def tracing_line(level: str, target: str, message: str) -> str:
-    """A line shaped like tracing-subscriber's default stdout format (§1.4)."""
+def tracing_line(level: str, target: str, message: str, fields: Sequence[Tuple[str, Any]] = ()) -> str:
+    """A line shaped like tracing-subscriber's default stdout format."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     if os.environ.get("NO_COLOR"):
-        return f"{stamp} {level:>5} {target}: {message}"
-    return f"\x1b[2m{stamp}\x1b[0m \x1b[31m{level:>5}\x1b[0m \x1b[2m{target}\x1b[0m\x1b[2m:\x1b[0m {message}"
+        tail = "".join(f" {name}={value}" for name, value in fields)
+        return f"{stamp} {level:>5} {target}: {message}{tail}"
+    tail = "".join(f" \x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m{value}" for name, value in fields)
+    return (
+        f"\x1b[2m{stamp}\x1b[0m \x1b[31m{level:>5}\x1b[0m \x1b[2m{target}\x1b[0m\x1b[2m:\x1b[0m "
+        f"{message}{tail}"
+    )
+
+
+def session_tools(params: JsonDict) -> List[str]:
+    """The tool names a session is given, for ``flow_tool_overlay`` checks."""
+    names: List[str] = []
+    if params.get("enable_builtins") is not False:
+        names += BUILTIN_TOOLS
+        names += SHELL_TOOLS if params.get("enable_shell") is not False else ()
+        names += SKILL_TOOLS
+    names += [tool["name"] for tool in params.get("external_tools") or ()]
+    return names
 
 
 class Server:
@@ -130,14 +153,14 @@ class Server:
         self.config = config
         self.stdin = stdin
         self.stderr = stderr
-        self.writer = Writer(stdout)
+        self.writer = Writer(stdout, config.notification_queue)
         self.callbacks = ServerRequests(self.writer)
-        self.env = RunEnv(self.writer, self.callbacks, stderr)
-        self.store = SessionStore(config.realm)
+        self.store = SessionStore(config.realm, self._new_runtime)
         self.tools: Dict[str, JsonDict] = {}
+        self.env = RunEnv(self.writer, self.callbacks, stderr, self.store.blobs, self.tools)
         self._lock = threading.Lock()
         self._requests: Dict[str, RequestCtx] = {}
-        self._long_running: Set[threading.Thread] = set()
+        self._woken: List[SessionRuntime] = []
         self._handlers: Dict[str, Callable[[IncomingRequest, Optional[RequestCtx]], Any]] = {
             "initialize": self._initialize,
             "capabilities/get": self._capabilities,
@@ -149,25 +172,48 @@ class Server:
             "session/history": self._session_history,
             "session/archive": self._session_archive,
             "tools/register": self._tools_register,
+            "runtime/state": self._runtime_state,
+            "runtime/reset": self._runtime_reset,
+            "input/list": self._input_list,
+            "blob/get": self._blob_get,
         }
 
     # -- serve loop ------------------------------------------------------------------------
 
     def serve(self) -> int:
-        """Serve until stdin EOF (status 0) or a read error such as invalid UTF-8 (status 1)."""
+        """Serve until stdin EOF (status 0) or a read error such as invalid UTF-8 (status 1).
+
+        Input is read in chunks; turns queued by one chunk start only once the whole chunk
+        was handled, so a ``cancel`` written together with its ``turn/start`` finds the
+        turn still queued, as the real server does.
+        """
+        buffered = bytearray()
         while True:
-            raw = self.stdin.readline()
-            if not raw:
+            chunk = self.stdin.read1(65536)  # type: ignore[attr-defined]
+            buffered += chunk
+            lines = buffered.split(b"\n")
+            buffered = bytearray(lines.pop()) if chunk else bytearray()
+            for raw in lines:
+                self._line(bytes(raw))
+            self._wake_queued()
+            if not chunk:
                 break
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                self.fatal('Custom { kind: InvalidData, error: "stream did not contain valid UTF-8" }')
-            text = text.strip()
-            if text:
-                self._dispatch(text)
         self._shutdown()
         return 0
+
+    def _line(self, raw: bytes) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.fatal('Custom { kind: InvalidData, error: "stream did not contain valid UTF-8" }')
+        text = text.strip()
+        if text:
+            self._dispatch(text)
+
+    def _wake_queued(self) -> None:
+        woken, self._woken = self._woken, []
+        for runtime in woken:
+            runtime.wake()
 
     def fatal(self, detail: str, status: int = 1) -> None:
         """End like ``main`` returning an error: ``Error: ...`` on stderr, no cleanup."""
@@ -179,18 +225,14 @@ class Server:
             os._exit(status)
 
     def _shutdown(self) -> None:
-        """EOF: cancel long-running requests, give them 5 s, write nothing more (§1.5)."""
+        """EOF: stop every run, give them 5 s, write nothing more."""
         self.writer.stop()
-        with self._lock:
-            contexts = list(self._requests.values())
-            threads = list(self._long_running)
-        for ctx in contexts:
-            ctx.cancel()
-        for session in self.store.all():
-            session.interrupt()
+        sessions = self.store.all()
+        for session in sessions:
+            session.runtime.stop_all()
         deadline = time.monotonic() + EOF_GRACE_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for session in sessions:
+            session.runtime.join(max(0.0, deadline - time.monotonic()))
 
     def _dispatch(self, text: str) -> None:
         try:
@@ -202,26 +244,23 @@ class Server:
             self.callbacks.resolve(message)
             return
         if message.method == "tools/register":
-            # Runs inline in the read loop and answers even without an id (§1.5 quirk).
+            # Runs inline in the read loop and answers even without an id (a real quirk).
             self._handle(message, None)
             return
         if message.id is None:
             if message.method == "cancel":
                 self._cancel(message.params)
             return
-        ctx: Optional[RequestCtx] = None
-        if message.method in ("turn/start", "session/create"):
+        if message.method in _LONG_RUNNING:
+            # Queued in arrival order, right here: they never block (the answer comes later).
             ctx = RequestCtx()
-            key = id_key(message.id)
-            assert key is not None
             with self._lock:
-                self._requests[key] = ctx
+                self._requests[str(id_key(message.id))] = ctx
+            self._handle(message, ctx)
+            return
         thread = threading.Thread(
-            target=self._handle, args=(message, ctx), name=f"rpc-{message.method}", daemon=True
+            target=self._handle, args=(message, None), name=f"rpc-{message.method}", daemon=True
         )
-        if ctx is not None:
-            with self._lock:
-                self._long_running.add(thread)
         thread.start()
 
     def _handle(self, message: IncomingRequest, ctx: Optional[RequestCtx]) -> None:
@@ -231,20 +270,24 @@ class Server:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {message.method}")
             result = handler(message, ctx)
             if result is not _HANDLED:
+                self._forget(message, ctx)
                 self.writer.send(response(message.id, result))
         except RpcError as exc:
+            self._forget(message, ctx)
             self.writer.send(error_response(message.id, exc.code, exc.message))
         except Exception as exc:  # a bug in the fake: answer, and show it like a panic would
+            self._forget(message, ctx)
             self.stderr.write(traceback.format_exc().encode())
             self.stderr.flush()
             self.writer.send(error_response(message.id, INTERNAL_ERROR, f"fake-rkat-rpc: {exc}"))
-        finally:
-            if ctx is not None:
-                key = id_key(message.id)
-                with self._lock:
-                    if key is not None and self._requests.get(key) is ctx:
-                        del self._requests[key]
-                    self._long_running.discard(threading.current_thread())
+
+    def _forget(self, message: IncomingRequest, ctx: Optional[RequestCtx]) -> None:
+        if ctx is None:
+            return
+        key = str(id_key(message.id))
+        with self._lock:
+            if self._requests.get(key) is ctx:
+                del self._requests[key]
 
     def _cancel(self, params: Any) -> None:
         if not isinstance(params, dict):
@@ -282,198 +325,136 @@ class Server:
         return {"contract_version": _version_object(self.config.contract_version), "capabilities": entries}
 
     def _tools_register(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
-        params = require_object(message.params, message.has_params, "RegisterToolsParams")
-        tools = req_field(params, "tools")
-        if not isinstance(tools, list):
-            raise invalid(f"invalid type: {json_kind(tools)}, expected a sequence")
-        for tool in tools:
-            if not isinstance(tool, dict):
-                raise invalid(f"invalid type: {json_kind(tool)}, expected struct ToolDef")
-            for key in ("name", "description"):
-                if not isinstance(req_field(tool, key), str):
-                    raise invalid(f"invalid type: {json_kind(tool[key])}, expected a string")
-            req_field(tool, "input_schema")
+        tools = parse(params_schema.REGISTER_TOOLS, message.params, message.has_params)["tools"]
         for tool in tools:
             self.tools[tool["name"]] = tool
         return {"registered": len(tools)}
 
-    # -- running turns ---------------------------------------------------------------------
+    # -- running inputs --------------------------------------------------------------------
+
+    def _new_runtime(self, session: Session) -> SessionRuntime:
+        return SessionRuntime(lambda item: self._execute(session, item))
 
     def _spec_for(self, prompt_text: str) -> ReplySpec:
-        directive = parse_directive(prompt_text)
+        """The reply spec of one run; a bad directive is what the model endpoint makes of it."""
+        try:
+            directive = parse_directive(prompt_text)
+        except SpecError as exc:
+            spec = ReplySpec()
+            spec.provider_error = ProviderErrorSpec(
+                400, "invalid_request_error", f"invalid fake directive: {exc}", None, None
+            )
+            return spec
         return directive if directive is not None else self.config.script.select(prompt_text)
 
-    def _fail_without_run(self, session: Session, error: str) -> RunOutcome:
-        write_event(
-            self.writer, session, {"type": "run_failed", "session_id": session.session_id, "error": error}
-        )
-        return RunOutcome(error=error)
+    def _execute(self, session: Session, item: Input) -> RunOutcome:
+        """Run one input on its session (called on the session's runtime loop)."""
+        if item.cancel_at_start or item.interrupt.is_set():
+            return failure(f"agent error: {RUN_CANCELLED}")
+        was_pending = session.pending
+        prompt = item.prompt
+        pending = session.take_pending_prompt()
+        if pending is not None:
+            prompt = merge_content(pending, prompt)
+        problem = self._apply_turn(session, item.turn, was_pending)
+        session.agent_running = problem is None
+        if problem is not None:
+            return failure(problem)
+        spec = item.spec if item.spec is not None else self._spec_for(model_text(prompt))
+        return Run(self.env, session, spec, prompt, item.interrupt, item.started).execute()
 
-    def _run_in_slot(
-        self,
-        message: Optional[IncomingRequest],
-        ctx: Optional[RequestCtx],
-        session: Session,
-        prompt: Content,
-        handle: RunHandle,
-        on_failure: Optional[Callable[[], object]] = None,
-        precheck: Optional[str] = None,
-    ) -> None:
-        """Run, publish the response, write trailing events, then any unsolicited runs.
+    def _apply_turn(self, session: Session, turn: JsonDict, was_pending: bool) -> Optional[str]:
+        """A turn's model override and tool overlay; the failure text if they cannot apply."""
+        model, provider = turn.get("model"), turn.get("provider")
+        if provider is not None and model is None:
+            where = "a session turn" if was_pending else "an existing session"
+            return f"provider override requires model on {where}"
+        if model is not None:
+            session.model = model
+            session.provider = infer_provider(model, provider)
+        overlay = turn.get("flow_tool_overlay") or {}
+        named = (overlay.get("allowed_tools") or []) + (overlay.get("blocked_tools") or [])
+        unknown = sorted(set(named) - set(session.config.tools) - set(self.tools))
+        if unknown:
+            return f"agent error: Configuration error: Unknown tool(s) in filter: {json.dumps(unknown)}"
+        return None
 
-        The caller holds the session's slot; it is released by the caller.
-        """
-        run: Optional[Run] = None
-        if precheck is not None:
-            outcome = self._fail_without_run(session, precheck)
-        else:
-            try:
-                spec = self._spec_for(content_text(prompt))
-            except SpecError as exc:
-                outcome = self._fail_without_run(session, f"invalid fake directive: {exc}")
-            else:
-                run = Run(self.env, session, spec, prompt, handle)
-                outcome = run.execute()
-        if outcome.result is None and on_failure is not None:
-            on_failure()
-        if message is not None:
+    def _respond_to(self, message: IncomingRequest, ctx: Optional[RequestCtx]) -> Respond:
+        """Answer a run's request: its RunResult, its error, or -32005 once it was cancelled."""
+
+        def respond(outcome: RunOutcome) -> None:
+            self._forget(message, ctx)
             if outcome.result is not None:
                 self.writer.send(response(message.id, outcome.result))
             elif ctx is not None and ctx.cancelled.is_set():
                 self.writer.send(error_response(message.id, REQUEST_CANCELLED, CANCELLED_BEFORE_PUBLISH))
             else:
-                err = abandoned(outcome.error or "turn completed without result")
-                self.writer.send(error_response(message.id, err.code, err.message))
-        elif outcome.result is None:
-            self.writer.write(
-                (
-                    tracing_line("ERROR", "meerkat_rpc::session_runtime", f"run failed: {outcome.error}")
-                    + "\n"
-                ).encode()
-            )
-        if run is None:
-            return
-        run.flush_held()
-        follow = run.spec.unsolicited
-        while follow is not None and not session.archived and self.writer.is_open:
-            follow_handle = RunHandle()
-            session.hand_over(follow_handle)
-            follow_run = Run(self.env, session, follow, follow.prompt or "unsolicited", follow_handle)
-            follow_run.execute()
-            follow_run.flush_held()
-            follow = follow.unsolicited
+                assert outcome.error is not None
+                self.writer.send(error_response(message.id, outcome.error.code, outcome.error.message))
 
-    def _acquire(self, ctx: Optional[RequestCtx], session: Session, handle: RunHandle) -> bool:
-        cancelled: Callable[[], bool] = (lambda: False) if ctx is None else ctx.cancelled.is_set
-        if not session.acquire(handle, cancelled):
-            return False
-        if ctx is not None and not ctx.attach(handle):
-            session.release()
-            return False
-        return True
+        return respond
+
+    def _submit(self, session: Session, item: Input, ctx: Optional[RequestCtx]) -> Any:
+        """Queue a request's input; the loop starts once the current input chunk is handled."""
+        session.runtime.submit(item, wake=False)
+        self._woken.append(session.runtime)
+        if ctx is not None:
+            ctx.bind(session, item)
+        return _HANDLED
 
     def _turn_start(self, message: IncomingRequest, ctx: Optional[RequestCtx]) -> Any:
-        params = require_object(message.params, message.has_params, "TurnStartParams")
-        raw_session_id = req_field(params, "session_id")
-        prompt = content_input(params, "prompt")
-        model = opt_str(params, "model")
-        provider = opt_str(params, "provider")
-        keep_alive = opt_bool(params, "keep_alive")
-        if any(params.get(key) is not None for key in TURN_OVERRIDES):
-            raise RpcError(INVALID_PARAMS, TURN_OVERRIDE_MESSAGE)
-        session_id = parse_session_id(raw_session_id, self.config.realm)
+        params = parse(params_schema.TURN_START, message.params, message.has_params)
+        session_id = parse_session_id(params["session_id"], self.config.realm)
+        check_skill_aliases(params.get("skill_refs"), params.get("skill_references"))
+        overrides = [key for key in TURN_OVERRIDES if params.get(key) is not None]
+        if overrides:
+            raise RpcError(INVALID_PARAMS, TURN_OVERRIDE_MESSAGE.format(fields=", ".join(overrides)))
         session = self.store.find(session_id)
-        if session is None:
-            raise abandoned(f"Session not found: {session_id}")
-        if keep_alive:
-            if session.comms_name is None or session.pending:
-                raise RpcError(INVALID_PARAMS, "keep_alive requires a session created with comms_name")
+        if params.get("keep_alive"):
+            if session is None or session.config.comms_name is None or session.pending:
+                raise RpcError(INVALID_PARAMS, KEEP_ALIVE_MESSAGE)
             session.keep_alive = True
-        if ctx is not None and ctx.cancelled.is_set():
-            raise RpcError(REQUEST_CANCELLED, CANCELLED_BEFORE_START)
-        handle = RunHandle()
-        if not self._acquire(ctx, session, handle):
-            if ctx is not None and ctx.cancelled.is_set():
-                raise RpcError(REQUEST_CANCELLED, CANCELLED_BEFORE_START)
-            raise abandoned(f"Session not found: {session_id}")
-        try:
-            precheck: Optional[str] = None
-            if provider is not None and model is None:
-                precheck = "provider override requires a model override"
-            else:
-                if model is not None:
-                    session.model = model
-                    session.provider = infer_provider(model, provider)
-                pending = session.take_pending_prompt()
-                if pending is not None:
-                    prompt = merge_content(pending, prompt)
-            self._run_in_slot(message, ctx, session, prompt, handle, precheck=precheck)
-        finally:
-            session.release()
-        return _HANDLED
+        if session is None or (session.archived and not session.orphaned):
+            raise abandoned(f"session not found: {session_id}")
+        prompt = with_instructions(admit(params["prompt"]), params.get("additional_instructions"))
+        return self._submit(session, Input(prompt, self._respond_to(message, ctx), turn=params), ctx)
 
     # -- session methods -------------------------------------------------------------------
 
     def _session_create(self, message: IncomingRequest, ctx: Optional[RequestCtx]) -> Any:
-        params = require_object(message.params, message.has_params, "CreateSessionParams")
-        prompt = content_input(params, "prompt")
-        initial_turn = params.get("initial_turn")
-        if initial_turn is not None:
-            if not isinstance(initial_turn, str):
-                raise invalid(f"invalid type: {json_kind(initial_turn)}, expected a string")
-            if initial_turn not in ("run_immediately", "deferred"):
-                raise invalid(f"unknown variant `{initial_turn}`, expected `run_immediately` or `deferred`")
-        model = opt_str(params, "model") or DEFAULT_MODEL
-        provider = opt_str(params, "provider")
-        system_prompt = opt_str(params, "system_prompt")
-        comms_name = opt_str(params, "comms_name")
-        labels = opt_str_map(params, "labels")
-        keep_alive = opt_bool(params, "keep_alive", null_ok=False)
-        opt_uint(params, "max_tokens", "u32")
-        if "structured_output_retries" in params and params["structured_output_retries"] is None:
-            raise invalid("invalid type: null, expected u32")
-        opt_uint(params, "structured_output_retries", "u32")
-        for flag in ("enable_builtins", "enable_shell", "enable_memory", "enable_mob"):
-            opt_bool(params, flag)
+        params = parse(params_schema.SESSION_CREATE, message.params, message.has_params)
+        check_skill_aliases(params.get("skill_refs"), params.get("skill_references"))
         _check_peer_meta(params.get("peer_meta"))
-        output_schema = params.get("output_schema")
-        if output_schema is not None and not isinstance(output_schema, dict):
-            raise RpcError(INVALID_PARAMS, "Invalid output_schema: expected a JSON object")
-        deferred = initial_turn == "deferred"
-        session = self.store.create(
-            model=model,
-            provider=infer_provider(model, provider),
-            labels=labels,
-            system_prompt=system_prompt,
-            comms_name=comms_name,
-            pending_prompt=prompt if deferred else None,
-        )
-        if deferred:
+        deferred = params.get("initial_turn") == "deferred"
+        session = self.store.create(_session_config(params), params["prompt"] if deferred else None)
+        if deferred:  # kept as sent: the merge with the first turn's prompt flattens it
             return {"session_id": session.session_id, "session_ref": session.session_ref}
-        if keep_alive:
-            return self._create_keep_alive(message, session, prompt)
-        if ctx is not None and ctx.cancelled.is_set():
-            self.store.archive(session.session_id)
-            raise RpcError(REQUEST_CANCELLED, CANCELLED_BEFORE_START)
-        handle = RunHandle()
-        if not self._acquire(ctx, session, handle):
-            self.store.archive(session.session_id)
-            raise RpcError(REQUEST_CANCELLED, CANCELLED_BEFORE_START)
-        try:
-            self._run_in_slot(
-                message,
-                ctx,
-                session,
-                prompt,
-                handle,
-                on_failure=lambda: self.store.archive(session.session_id),
-            )
-        finally:
-            session.release()
-        return _HANDLED
+        prompt = admit(params["prompt"])
+        if params.get("keep_alive"):
+            return self._create_keep_alive(message, ctx, session, prompt)
+        respond = self._respond_to(message, ctx)
 
-    def _create_keep_alive(self, message: IncomingRequest, session: Session, prompt: Content) -> Any:
-        """Flow C: answer an empty RunResult; the first turn runs in the background (§4.1)."""
+        def answer_and_clean_up(outcome: RunOutcome) -> None:
+            if outcome.failed:
+                self._orphan(session)
+            respond(outcome)
+
+        return self._submit(session, Input(prompt, answer_and_clean_up), ctx)
+
+    def _orphan(self, session: Session) -> None:
+        """A failed immediate create is archived; later turns on it wait for the next archive."""
+        session.store_snapshot()
+        session.archived = True
+        session.orphaned = True
+        session.runtime.detach()
+
+    def _create_keep_alive(
+        self, message: IncomingRequest, ctx: Optional[RequestCtx], session: Session, prompt: Content
+    ) -> Any:
+        """Answer an empty RunResult; the first turn runs on (comms: once it started, else 250 ms)."""
+        session.keep_alive = session.config.comms_name is not None
+        item = Input(prompt, lambda outcome: self._log_host_failure(session, outcome))
+        self._submit(session, item, None)
         empty = {
             "session_id": session.session_id,
             "session_ref": session.session_ref,
@@ -482,84 +463,123 @@ class Server:
             "tool_calls": 0,
             "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
         }
-        if session.comms_name is None:
-            self.store.archive(session.session_id)
-            line = tracing_line(
-                "ERROR",
-                "meerkat_rpc::handlers::session",
-                "keep_alive background turn failed: keep_alive requires comms_name to be set",
-            )
-            self.writer.write((line + "\n").encode())
-            time.sleep(KEEP_ALIVE_WAIT_S)
-            return empty
-        session.keep_alive = True
-        handle = RunHandle()
-        self._acquire(None, session, handle)
-        self.writer.send(response(message.id, empty))
 
-        def background() -> None:
-            try:
-                self._run_in_slot(None, None, session, prompt, handle)
-            finally:
-                session.release()
+        def answer_later() -> None:
+            if session.config.comms_name is not None:
+                item.started.wait(KEEP_ALIVE_WAIT_S)
+            else:
+                time.sleep(KEEP_ALIVE_WAIT_S)
+            self._forget(message, ctx)
+            self.writer.send(response(message.id, empty))
 
-        threading.Thread(target=background, name="rpc-keep-alive", daemon=True).start()
+        threading.Thread(target=answer_later, name="rpc-keep-alive", daemon=True).start()
         return _HANDLED
 
-    def _session_arg(self, message: IncomingRequest, struct: str) -> JsonDict:
-        return require_object(message.params, message.has_params, struct)
+    def _log_host_failure(self, session: Session, outcome: RunOutcome) -> None:
+        if outcome.error is None:
+            return
+        fields = (("session_id", session.session_id), ("error", outcome.error.code))
+        message = f"Host-mode session start failed: {outcome.error.message}"
+        line = tracing_line("ERROR", "meerkat_rpc::handlers::session", message, fields)
+        self.writer.write((line + "\n").encode())
 
-    def _find(self, params: JsonDict) -> Session:
-        session_id = parse_session_id(req_field(params, "session_id"), self.config.realm)
-        return self.store.get(session_id)
+    def _session_id(self, message: IncomingRequest, struct: Any = params_schema.SESSION_ONLY) -> str:
+        params = parse(struct, message.params, message.has_params)
+        return parse_session_id(params["session_id"], self.config.realm)
 
     def _turn_interrupt(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
-        self._find(self._session_arg(message, "InterruptParams")).interrupt()
+        session_id = self._session_id(message)
+        session = self.store.find(session_id)
+        if session is None or session.archived:
+            raise RpcError(SESSION_NOT_FOUND, f"session not found: {session_id}")
+        session.runtime.interrupt()
         return {"interrupted": True}
 
     def _session_list(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
-        params = optional_object(message.params, "ListSessionsParams")
-        labels = opt_str_map(params, "labels")
-        offset = opt_uint(params, "offset") or 0
-        limit = opt_uint(params, "limit")
-        sessions = [s for s in self.store.all() if all(s.labels.get(k) == v for k, v in labels.items())]
+        params = parse(params_schema.LIST, message.params, message.has_params, optional_params=True)
+        labels = params.get("labels") or {}
+        offset = params.get("offset") or 0
+        limit = params.get("limit")
+        sessions = [s for s in self.store.listed() if all(s.labels.get(k) == v for k, v in labels.items())]
         sessions = sessions[offset:] if limit is None else sessions[offset : offset + limit]
         return {"sessions": [s.summary() for s in sessions]}
 
     def _session_read(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
-        return self._find(self._session_arg(message, "ReadSessionParams")).info()
+        return self.store.get(self._session_id(message)).info()
 
     def _session_history(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
-        params = self._session_arg(message, "SessionHistoryParams")
-        session_id = parse_session_id(req_field(params, "session_id"), self.config.realm)
-        offset = opt_uint(params, "offset") or 0
-        limit = opt_uint(params, "limit")
-        return self.store.get(session_id).history(offset, limit)
+        params = parse(params_schema.HISTORY, message.params, message.has_params)
+        session = self.store.get(parse_session_id(params["session_id"], self.config.realm))
+        return session.history(params.get("offset") or 0, params.get("limit"))
 
     def _session_archive(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
-        params = self._session_arg(message, "ArchiveSessionParams")
-        session_id = parse_session_id(req_field(params, "session_id"), self.config.realm)
-        if self.store.archive(session_id) is None:
-            raise RpcError(SESSION_NOT_FOUND, f"Session not found: {session_id}")
+        session = self.store.get(self._session_id(message))
+        if not session.archived or session.orphaned:
+            session.store_snapshot()
+            session.archived = True
+            session.orphaned = False
+            session.runtime.unregister()
         return {"archived": True}
 
+    def _runtime_state(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
+        return {"state": self.store.live(self._session_id(message)).runtime.state()}
 
-def _check_peer_meta(peer_meta: Any) -> None:
-    if peer_meta is None:
-        return
-    if not isinstance(peer_meta, dict):
-        raise invalid(f"invalid type: {json_kind(peer_meta)}, expected struct PeerMeta")
-    labels = opt_str_map(peer_meta, "labels")
-    for key in _RESERVED_PEER_LABELS:
+    def _runtime_reset(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
+        return {"inputs_abandoned": self.store.live(self._session_id(message)).runtime.reset()}
+
+    def _input_list(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
+        return {"input_ids": self.store.live(self._session_id(message)).runtime.input_ids()}
+
+    def _blob_get(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
+        blob = parse(params_schema.BLOB_GET, message.params, message.has_params)["blob_id"]
+        stored = self.store.blobs.get(blob)
+        if stored is None:
+            raise RpcError(INVALID_PARAMS, f"blob not found: {blob}")
+        return {"blob_id": blob, "media_type": stored[0], "data": stored[1]}
+
+
+def _session_config(params: JsonDict) -> SessionConfig:
+    model = params.get("model") or DEFAULT_MODEL
+    system_prompt = params.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
+    for section in params.get("additional_instructions") or ():
+        system_prompt += "\n\n" + section
+    retries = params.get("structured_output_retries")
+    return SessionConfig(
+        model=model,
+        provider=infer_provider(model, params.get("provider")),
+        labels=params.get("labels") or {},
+        system_prompt=system_prompt,
+        comms_name=params.get("comms_name"),
+        tools=session_tools(params),
+        output_schema=_output_schema(params.get("output_schema")),
+        structured_output_retries=DEFAULT_STRUCTURED_OUTPUT_RETRIES if retries is None else retries,
+        budget_limits=params.get("budget_limits"),
+    )
+
+
+def _output_schema(raw: Any) -> Optional[OutputSchema]:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid output_schema: expected a JSON object")
+    return OutputSchema(raw)
+
+
+def _check_peer_meta(peer_meta: Optional[JsonDict]) -> None:
+    labels = (peer_meta or {}).get("labels") or {}
+    for key in RESERVED_PEER_LABELS:
         if key in labels:
-            raise RpcError(INVALID_PARAMS, f"peer_meta label '{key}' is reserved")
+            raise RpcError(INVALID_PARAMS, f"peer_meta label '{key}' is reserved for mob-managed sessions")
 
 
 def _version_object(version: str) -> JsonDict:
-    """``capabilities/get`` reports the version as ``{major, minor, patch}`` (§2.3)."""
+    """``capabilities/get`` reports the version as ``{major, minor, patch}``."""
     parts = version.split(".")
     numbers: List[int] = []
     for part in [*parts, "0", "0", "0"][:3]:
         digits = "".join(ch for ch in part if ch.isdigit())
         numbers.append(int(digits) if digits else 0)
     return {"major": numbers[0], "minor": numbers[1], "patch": numbers[2]}
+
+
+__all__ = ["ABSENT", "Server", "ServerConfig", "tracing_line"]

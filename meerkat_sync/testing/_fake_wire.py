@@ -6,13 +6,14 @@ surrogates, out-of-range numbers) are parse errors here too.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
 import re
 import threading
 import time
-from typing import IO, Any, Dict, Optional, Union
+from typing import IO, Any, Deque, Dict, List, Optional, Union
 
 from meerkat_sync.testing._fake_constants import PARSE_ERROR
 
@@ -106,9 +107,13 @@ def loads_strict(text: str) -> Any:
     return value
 
 
-def encode(message: Any) -> bytes:
-    """One compact JSON line, UTF-8, no ASCII escaping (like serde_json::to_string)."""
-    return (json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+def encode(message: Any, sort_keys: bool = False) -> bytes:
+    """One compact JSON line, UTF-8, no ASCII escaping (like serde_json::to_string).
+
+    Event notifications are written with sorted keys, as the real server writes them.
+    """
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+    return (text + "\n").encode()
 
 
 def is_request_id(value: Any) -> bool:
@@ -199,12 +204,23 @@ def parse_error(detail: str) -> JsonDict:
 
 
 class Writer:
-    """Serialises every stdout write so lines never interleave; flushes after each."""
+    """Serialises every stdout write so lines never interleave; flushes after each.
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    With ``event_queue`` set, ``session/event`` notifications go through a bounded queue of
+    that many lines that a writer thread drains, and what does not fit is dropped, as the
+    real server's 256-slot notification channel does; responses are never queued.
+    """
+
+    def __init__(self, stream: IO[bytes], event_queue: Optional[int] = None) -> None:
         self._lock = threading.Lock()
         self._stream = stream
         self._open = True
+        self._queue: Optional[Deque[bytes]] = None
+        self._capacity = event_queue or 0
+        self._queued = threading.Condition()
+        if event_queue is not None:
+            self._queue = collections.deque()
+            threading.Thread(target=self._drain, name="notification-writer", daemon=True).start()
 
     @property
     def is_open(self) -> bool:
@@ -212,6 +228,29 @@ class Writer:
 
     def send(self, message: Any) -> bool:
         return self.write(encode(message))
+
+    def send_event(self, message: Any) -> None:
+        """A notification: written at once, or queued (and maybe dropped) with a queue."""
+        self.write_events([encode(message, sort_keys=True)])
+
+    def write_events(self, lines: List[bytes]) -> None:
+        """Notification lines, in order; with a queue, the ones that do not fit are dropped."""
+        if self._queue is None:
+            self.write(b"".join(lines))
+            return
+        with self._queued:
+            room = max(0, self._capacity - len(self._queue))
+            self._queue.extend(lines[:room])
+            self._queued.notify()
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            with self._queued:
+                while not self._queue:
+                    self._queued.wait()
+                line = self._queue.popleft()
+            self.write(line)
 
     def write(self, data: bytes) -> bool:
         """Write bytes (whole lines); False once output is closed or the pipe broke."""

@@ -1,7 +1,8 @@
 """A scripted, contract-faithful stand-in for the ``rkat-rpc`` 0.5.0 binary.
 
-It speaks the JSON-RPC 2.0 stdio protocol of PROTOCOL.md with a deterministic "model"
-(echo by default, scriptable per run), so the client can be tested without a real runtime.
+It speaks the JSON-RPC 2.0 stdio protocol and behaves as the real binary was observed to
+(docs/scripted-runtime.rst), with a deterministic "model" (echo by default, scriptable per
+run), so the client can be tested without a real runtime.
 Run it as ``python -m meerkat_sync.testing.fake_rkat [flags]`` or ``fake-rkat-rpc``.
 Standard library only, so start-up stays fast.
 """
@@ -74,11 +75,25 @@ def _parser() -> argparse.ArgumentParser:
         "Available, DisabledByPolicy[:text], NotCompiled[:feature], "
         "NotSupportedByProtocol[:reason], Absent, or any other string",
     )
+    fake.add_argument(
+        "--notification-queue",
+        type=_positive,
+        metavar="N",
+        help="[fake] send session/event notifications through a queue of N lines that drops "
+        "what does not fit, like the real server's 256-slot channel (default: no queue, no drops)",
+    )
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _validate_realm(realm: str) -> None:
-    """The realm id rules of §1.1."""
+    """The real binary's realm id rules."""
     if not _REALM_RE.fullmatch(realm):
         raise StartupError(
             f"invalid realm id '{realm}': must be 1-64 chars, start with an ASCII letter or "
@@ -129,6 +144,7 @@ def _build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         contract_version=args.contract_version,
         answer_initialize=not args.no_answer_initialize,
         capability_status=_capability_status(args.capability_status, parser),
+        notification_queue=args.notification_queue,
     )
 
 
