@@ -170,13 +170,35 @@ def _bool(value: Any, name: str) -> Any:
     return value
 
 
+#: rkat-rpc 0.5.0 refuses a message nested deeper than 127 levels, with an error it cannot
+#: tie to the request (so the call would only time out); an option sits 2 levels down.
+MAX_NESTING = 120
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else ()
+        )
+        for child in children:
+            if isinstance(child, (dict, list, tuple)):
+                if depth + 1 > MAX_NESTING:
+                    return depth + 1
+                stack.append((child, depth + 1))
+        deepest = max(deepest, depth if isinstance(item, (dict, list, tuple)) else 0)
+    return deepest
+
+
 def _json(value: Any, name: str) -> Any:
+    if _nesting(value) > MAX_NESTING:
+        raise invalid(f"{name} is nested more than {MAX_NESTING} levels deep, which rkat-rpc cannot read")
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise invalid(f"{name} cannot be sent as JSON: {exc}") from None
-    except RecursionError:
-        raise invalid(f"{name} is nested too deeply to be sent as JSON") from None
     return value
 
 

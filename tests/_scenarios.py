@@ -219,9 +219,9 @@ def session_errors(client: MeerkatClient) -> Observation:
             lambda: client.create_session("x", budget_limits={"max_duration": {"secs": 1}})
         ),
         "bad_overlay": attempt(lambda: live.turn("x", flow_tool_overlay={"allowed_tools": "datetime"})),
-        "unknown_alias": attempt(lambda: live.turn("x", skill_refs=["not-a-ref"])),
+        "unknown_alias": attempt(lambda: legacy(lambda: live.turn("x", skill_refs=["not-a-ref"]))),
         "unknown_skill": attempt(
-            lambda: live.turn(fake(text="skill ok"), skill_refs=[f"{UNKNOWN}/some-skill"])
+            lambda: legacy(lambda: live.turn(fake(text="skill ok"), skill_refs=[f"{UNKNOWN}/some-skill"]))
         ),
         "archive": attempt(live.archive),
         "read_archived": attempt(lambda: client.read_session(live.id)),

@@ -70,6 +70,7 @@ def test_ctrl_c_during_a_wait_is_prompt_and_interrupts_the_turn(how: str) -> Non
     script = textwrap.dedent(
         f"""
         import os, signal, threading, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
         from meerkat_sync.testing import scripted_client
         with scripted_client() as client:
             session = client.create_session("hi")

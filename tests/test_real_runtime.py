@@ -244,3 +244,19 @@ def test_events_the_runtime_drops_in_a_burst_are_never_lost_silently(real: RealR
     assert deltas == 3000 or markers
     counted = sum(m.dropped for m in markers)
     assert deltas + counted <= 3000 + 5
+
+
+def test_the_nesting_limit_for_options_is_one_the_runtime_can_read(real: RealRuntimeClient) -> None:
+    from meerkat_sync._params import MAX_NESTING
+
+    def nested(depth: int) -> Any:
+        value: Any = 1
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    deepest = real.create_deferred_session("x", app_context=nested(MAX_NESTING), **QUIET)
+    assert real.read_session(deepest.id).message_count == 0  # accepted and answered
+    with pytest.raises(MeerkatError) as info:
+        real.create_deferred_session("x", app_context=nested(MAX_NESTING + 1), **QUIET)
+    assert info.value.code == "INVALID_ARGS" and "app_context" in info.value.message

@@ -115,7 +115,8 @@ def test_many_threads_with_short_timeouts_all_return_and_close_is_bounded(frozen
 
 def test_ctrl_c_sent_to_the_whole_process_group_spares_the_runtime() -> None:
     script = """
-        import sys, time
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
         from meerkat_sync.testing import scripted_client
         with scripted_client() as client:
             session = client.create_session("hi")
