@@ -85,3 +85,23 @@ def test_many_slow_streams_do_not_block_the_reader() -> None:
         assert time.monotonic() - started < 2
         for st in streams:
             assert st.collect().text == "".join(str(k) for k in range(200))
+
+
+def test_events_the_runtime_drops_for_a_slow_reader_show_as_truncation() -> None:
+    # The real rkat-rpc drops session/events when its 256-slot queue is full (§5.5); the
+    # scripted runtime does the same with --notification-queue.
+    with scripted_client(args=["--notification-queue", "64"]) as client:
+        session = client.create_session("hi")
+        stream = session.stream(fake(bulk={"count": 5000, "delta": "x"}))
+        with stream:
+            first = next(iter(stream))
+            time.sleep(1.0)  # a reader that stalls: the runtime's queue overflows meanwhile
+            events = [first, *stream]
+        deltas = sum(1 for e in events if isinstance(e, TextDelta))
+        marks = [e for e in events if isinstance(e, StreamTruncated)]
+        assert stream.result.text == "x" * 5000  # the result is never lost
+        assert deltas < 5000 and marks, "dropped events must be reported, never lost silently"
+        # Gaps between received events are counted; a lost tail (run_completed included)
+        # has no later event to count it by, so the stream says so at its end.
+        assert all(m.dropped > 0 for m in marks[:-1])
+        assert marks[-1] is events[-1] and "last events" in marks[-1].reason
