@@ -215,12 +215,14 @@ class MeerkatClient:
         def drop(ticket: Ticket) -> bool:
             return transport.drop(ticket)
 
-        endpoint = Endpoint(send, drop, self._make_notification_handler(router), self._max_message_bytes)
+        endpoint = Endpoint(
+            send, drop, router, self._make_notification_handler(router), self._max_message_bytes
+        )
         transport = Transport(
             [*argv, *self._flags],
             env=self._env,
             cwd=self._cwd,
-            on_message=endpoint.handle,
+            on_lines=endpoint.handle_lines,
             on_close=lambda info: self._on_exit(info, endpoint, router),
             on_oversize=endpoint.fail_oversized,
             max_message_bytes=self._max_message_bytes,
@@ -501,7 +503,7 @@ class MeerkatClient:
             if gate_key is not None:
                 self._gate.release(gate_key, failed=_input_left_queued(error))
             router.mark_answered(sink, grace)
-            sink.items.put(RESPONSE)
+            router.post(sink, RESPONSE)
 
         raw.add_done_callback(settle)
         return RunHandle(

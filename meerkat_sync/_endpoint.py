@@ -12,9 +12,9 @@ import itertools
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
-from ._transport import encode
+from ._codec import encode, line_decoder, mid_run_session
 from ._writer import Ticket
 from .errors import MeerkatError, error_from_rpc
 
@@ -29,6 +29,18 @@ LONG_RUNNING = frozenset({"session/create", "turn/start"})
 
 RequestHandler = Callable[[Any], Any]
 NotificationHandler = Callable[[str, Dict[str, Any]], None]
+
+
+class Events(Protocol):
+    """Where ``session/event`` notifications go (the router), read by chunks of lines."""
+
+    def begin_chunk(self) -> None: ...
+
+    def end_chunk(self) -> None: ...
+
+    def on_line(self, session_id: str, line: bytes) -> bool: ...
+
+
 Sender = Callable[[bytes], Ticket]
 Dropper = Callable[[Ticket], bool]
 
@@ -49,10 +61,17 @@ class Endpoint:
     """Matches responses to requests and dispatches everything else."""
 
     def __init__(
-        self, send: Sender, drop: Dropper, on_notification: NotificationHandler, max_message_bytes: int
+        self,
+        send: Sender,
+        drop: Dropper,
+        events: Events,
+        on_notification: NotificationHandler,
+        max_message_bytes: int,
     ) -> None:
         self._send = send
         self._drop = drop
+        self._events = events
+        self._loads = line_decoder()
         self._max_message_bytes = max_message_bytes
         self._on_notification = on_notification
         self._ids = itertools.count(1)
@@ -85,9 +104,7 @@ class Endpoint:
                     raise self._closed
                 request_id = next(self._ids)
             try:
-                data = encode(
-                    {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-                )
+                data = encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
             except (TypeError, ValueError, RecursionError) as exc:
                 raise MeerkatError(
                     "INVALID_ARGS", f"{method} arguments cannot be sent as JSON: {exc}"
@@ -145,6 +162,34 @@ class Endpoint:
 
     # --- incoming --------------------------------------------------------------------------
 
+    def handle_lines(self, lines: List[bytes]) -> None:
+        """One read's lines, on the reader thread: routed, then handed over at once."""
+        events = self._events
+        events.begin_chunk()
+        try:
+            for line in lines:
+                session = mid_run_session(line)  # most lines: routed without a decode
+                if session is None or not events.on_line(session, line):
+                    self._handle_line(line)
+        finally:
+            events.end_chunk()
+
+    def _handle_line(self, line: bytes) -> None:
+        try:
+            message = self._loads(line)
+        except Exception:  # any line that does not decode is skipped, never fatal
+            if line.strip():
+                # The server logs to stdout (PROTOCOL.md §1.4): noise, never fatal.
+                log.info("rkat-rpc stdout: %.2000s", line.decode("utf-8", "replace").rstrip())
+            return
+        if not isinstance(message, dict):
+            log.warning("ignoring a non-object JSON line from rkat-rpc: %.200r", line)
+            return
+        try:
+            self.handle(message)
+        except Exception:  # one bad message never stops the others
+            log.exception("failed to route a message from rkat-rpc: %.200r", line)
+
     def handle(self, message: Dict[str, Any]) -> None:
         """Route one parsed message; runs on the reader thread, so it never blocks."""
         method = message.get("method")
@@ -169,9 +214,7 @@ class Endpoint:
                 pending = None
         if pending is None:
             if request_id is None:
-                log.warning(
-                    "rkat-rpc sent an error without a request id: %.300r", message.get("error")
-                )
+                log.warning("rkat-rpc sent an error without a request id: %.300r", message.get("error"))
             else:
                 log.debug("discarding a response to unknown or abandoned request %r", request_id)
             return
@@ -181,9 +224,7 @@ class Endpoint:
             pending.future.set_result(message["result"])
         else:
             pending.future.set_exception(
-                MeerkatError(
-                    "INVALID_RESPONSE", f"response to {pending.method} has neither result nor error"
-                )
+                MeerkatError("INVALID_RESPONSE", f"response to {pending.method} has neither result nor error")
             )
 
     def _oldest_null_id_candidate(self) -> Optional[_Pending]:

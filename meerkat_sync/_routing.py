@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Set
 
+from ._codec import is_delta
 from .errors import MeerkatError
 
 log = logging.getLogger("meerkat_sync")
@@ -33,7 +34,7 @@ TERMINAL = frozenset({"run_completed", "run_failed"})
 
 #: What a full stream buffer may drop: the high-volume deltas, never the run's structure.
 _DROPPABLE = frozenset({"text_delta", "reasoning_delta"})
-_OVERFLOW = "stream buffer full: the consumer fell behind"
+OVERFLOW = "stream buffer full: the consumer fell behind"
 #: A run whose terminal event never came: its last events were lost by the server (§5.5).
 TAIL_LOST = "the server dropped the run's last events; its result is complete"
 
@@ -75,7 +76,12 @@ def bare_session_id(session_id: str) -> str:
 
 
 class RunSink:
-    """The events of one run, for one caller."""
+    """The events of one run, for one caller.
+
+    The reader collects a sink's items for one read in ``pending`` and hands them over as
+    one batch (one queue put, at most one wake-up) when the read's lines are routed.
+    ``pushed`` and ``taken`` count what went in and out; each is written by one thread.
+    """
 
     __slots__ = (
         "deliver",
@@ -83,11 +89,14 @@ class RunSink:
         "expires_at",
         "items",
         "limit",
+        "pending",
         "prompt_key",
+        "pushed",
         "run_ended",
         "saw_run_started",
         "session_id",
         "started",
+        "taken",
     )
 
     def __init__(
@@ -97,7 +106,10 @@ class RunSink:
         session_id: Optional[str],
         limit: int = STREAM_BUFFER,
     ) -> None:
-        self.items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.items: queue.SimpleQueue[List[Any]] = queue.SimpleQueue()
+        self.pending: List[Any] = []
+        self.pushed = 0
+        self.taken = 0
         self.limit = limit
         self.dropped = 0
         self.prompt_key = prompt_key
@@ -110,41 +122,45 @@ class RunSink:
         # skipped after this moment instead of blocking the session's FIFO forever.
         self.expires_at: Optional[float] = None
 
-    def push(self, envelope: Dict[str, Any], kind: Any, terminal: bool) -> None:
+    def push(self, item: Any, kind: Any, terminal: bool) -> None:
+        """Queue one event (an envelope, or a scanned delta); the router's lock is held."""
         self.started = True
         if self.deliver:
-            if kind in _DROPPABLE and self.items.qsize() >= self.limit:
+            if kind in _DROPPABLE and self.pushed - self.taken >= self.limit:
                 # The consumer fell behind: drop the newest deltas, never block the reader.
                 # Other events are rare and carry the run's structure, so they always pass.
                 self.dropped += 1
             else:
-                self._flush_dropped(_OVERFLOW)
-                self.items.put(envelope)
+                self._flush_dropped(OVERFLOW)
+                self.pending.append(item)
         if terminal:
             self.end_run()
 
-    def lost(self, count: int, reason: str) -> None:
-        """``count`` events of this run never reached the client (a ``seq`` gap)."""
-        if self.deliver:
-            self.items.put(truncated(count, reason))
-
     def _flush_dropped(self, reason: str) -> None:
         if self.dropped:
-            self.items.put(truncated(self.dropped, reason))
+            self.pending.append(truncated(self.dropped, reason))
             self.dropped = 0
+
+    def hand_over(self) -> None:
+        """Put what this read collected on the queue, as one batch (the lock is held)."""
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.pushed += len(batch)
+            self.items.put(batch)
 
     def clear(self) -> None:
         """Free the queued events of a sink nobody reads any more."""
+        self.pending = []
         with contextlib.suppress(queue.Empty):
             while True:
-                self.items.get_nowait()
+                self.taken += len(self.items.get_nowait())
 
     def end_run(self) -> None:
         if not self.run_ended:
             self.run_ended = True
             if self.deliver:
-                self._flush_dropped(_OVERFLOW)
-                self.items.put(RUN_END)
+                self._flush_dropped(OVERFLOW)
+                self.pending.append(RUN_END)
 
 
 def truncated(count: int, reason: str) -> Dict[str, Any]:
@@ -159,21 +175,11 @@ _UNSOLICITED = RunSink(None, deliver=False, session_id=None)
 class _Route:
     """Per-session state: the turns waiting for a run, and the run in progress."""
 
-    __slots__ = ("active", "last_seq", "waiting")
+    __slots__ = ("active", "waiting")
 
     def __init__(self) -> None:
         self.waiting: Deque[RunSink] = collections.deque()
         self.active: Optional[RunSink] = None
-        self.last_seq = 0
-
-    def gap(self, kind: Any, seq: Any) -> int:
-        """How many session events the server dropped just before this one (§5.5)."""
-        if not isinstance(seq, int):
-            return 0
-        if kind == "tool_config_changed" and (self.active is None or not self.active.saw_run_started):
-            return 0  # MCP lifecycle events outside a run have their own counter (§5.1)
-        last, self.last_seq = self.last_seq, seq
-        return seq - last - 1 if last and seq > last + 1 else 0
 
     def target(self, kind: Any, payload: Dict[str, Any]) -> Optional[RunSink]:
         if kind == "run_started":
@@ -228,6 +234,8 @@ class EventRouter:
         self._orphan_count = 0
         self._live: Set[RunSink] = set()
         self._failed: Optional[MeerkatError] = None
+        self._in_chunk = False
+        self._touched: Set[RunSink] = set()
 
     # --- registration (under the endpoint's send-order lock) -------------------------------
 
@@ -250,6 +258,49 @@ class EventRouter:
 
     # --- events ----------------------------------------------------------------------------
 
+    def begin_chunk(self) -> None:
+        """The reader starts routing one read's lines: hand over only at its end."""
+        with self._lock:
+            self._in_chunk = True
+
+    def end_chunk(self) -> None:
+        with self._lock:
+            self._in_chunk = False
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        touched, self._touched = self._touched, set()
+        for sink in touched:
+            sink.hand_over()
+
+    def _touch(self, sink: RunSink) -> None:
+        if sink.pending:
+            self._touched.add(sink)
+            if not self._in_chunk:
+                self._hand_over()
+
+    def post(self, sink: RunSink, item: Any) -> None:
+        """Queue a control item behind the sink's events (from any thread)."""
+        with self._lock:
+            sink.pending.append(item)
+            self._touch(sink)
+
+    def on_line(self, session_id: str, line: bytes) -> bool:
+        """An undecoded event inside a run: queued as is if the run is in progress (and
+        nothing at all if nobody reads it); False when routing needs the decoded event."""
+        with self._lock:
+            route = self._routes.get(session_id)
+            sink = route.active if route is not None else None
+            if sink is None or not sink.saw_run_started:
+                return False
+            sink.started = True
+            if sink.deliver:
+                sink.push(line, "text_delta" if is_delta(line) else "", False)
+                self._touched.add(sink)
+                if not self._in_chunk:
+                    self._hand_over()
+            return True
+
     def on_event(self, session_id: str, envelope: Dict[str, Any]) -> None:
         payload = envelope.get("payload")
         if not isinstance(payload, dict):
@@ -264,14 +315,14 @@ class EventRouter:
                     return
             self._deliver(route, envelope, payload, kind)
 
-    @staticmethod
-    def _deliver(route: _Route, envelope: Dict[str, Any], payload: Dict[str, Any], kind: Any) -> None:
-        missing = route.gap(kind, envelope.get("seq"))
+    def _deliver(self, route: _Route, envelope: Dict[str, Any], payload: Dict[str, Any], kind: Any) -> None:
+        previous = route.active
         sink = route.target(kind, payload)
+        if previous is not None and previous is not sink:
+            self._touch(previous)  # a new run_started ended it
         if sink is not None:
-            if missing:
-                sink.lost(missing, "the server dropped events (seq gap)")
             sink.push(envelope, kind, kind in TERMINAL)
+            self._touch(sink)
 
     def _adopt(
         self, session_id: str, kind: Any, payload: Dict[str, Any], envelope: Dict[str, Any]
@@ -373,5 +424,7 @@ class EventRouter:
             self._creates.clear()
             self._orphans.clear()
             self._orphan_count = 0
-        for sink in live:
-            sink.items.put(Marker("failed", error))
+            self._hand_over()
+            for sink in live:  # behind whatever the reader had collected for it
+                sink.pending.append(Marker("failed", error))
+                sink.hand_over()

@@ -14,9 +14,10 @@ import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
+from ._codec import line_decoder
 from ._converter import structure_envelope, structure_event
 from ._deadline import Deadline, wait_queue
-from ._routing import RESPONSE, RUN_END, TAIL_LOST, Marker, RunSink, truncated
+from ._routing import OVERFLOW, RESPONSE, RUN_END, TAIL_LOST, Marker, RunSink, truncated
 from .errors import MeerkatError, MeerkatTimeoutError
 from .events import Event, EventEnvelope, TextDelta
 from .types import RunResult
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from ._session import Session
 
 log = logging.getLogger("meerkat_sync")
+
+SEQ_GAP = "the server dropped events (seq gap)"
 
 
 class RunHandle:
@@ -74,6 +77,12 @@ class EventStream:
         self._done = False
         self._result: Optional[RunResult] = None
         self._error: Optional[BaseException] = None
+        self._batch: List[Any] = []
+        self._pos = 0
+        self._decode = line_decoder()
+        self._held: Optional[Dict[str, Any]] = None
+        self._last_seq = 0
+        self._excused = 0
 
     # --- public surface --------------------------------------------------------------------
 
@@ -175,52 +184,124 @@ class EventStream:
         return self._handle
 
     def _next_envelope(self) -> Optional[Dict[str, Any]]:
-        handle = self._ensure_started()
-        assert self._deadline is not None
-        items = handle.sink.items
-        while not self._done:
-            if self._answered and self._run_ended:
-                self._finish()
+        """The next envelope, with a ``stream_truncated`` one wherever ``seq`` skips.
+
+        The stream sees its run's events in order, so it is where the server's drops show
+        (§5.5); the deltas this client dropped itself (a full buffer) are excused, having
+        been reported already.
+        """
+        held, self._held = self._held, None
+        if held is not None:
+            return held
+        while True:
+            item = self._next_item()
+            if item is None:
+                return None
+            envelope = self._envelope(item)
+            if envelope is None:
+                continue
+            seq = envelope.get("seq")
+            payload = envelope.get("payload")
+            if type(payload) is not dict:
+                payload = {}
+            kind = payload.get("type")
+            if kind == "run_started":
+                self._last_seq = 0  # what was lost before the run is not the run's
+            if type(seq) is int and (self._last_seq or kind != "tool_config_changed"):
+                # (An MCP change before the run has a counter of its own, §5.1.)
+                last, self._last_seq = self._last_seq, seq
+                if last and seq > last + 1:
+                    lost, self._excused = seq - last - 1 - self._excused, 0
+                    if lost > 0:
+                        self._held = envelope
+                        return truncated(lost, SEQ_GAP)
+            elif kind == "stream_truncated" and payload.get("reason") == OVERFLOW:
+                self._excused += payload["dropped"]
+            return envelope
+
+    def _envelope(self, item: Any) -> Optional[Dict[str, Any]]:
+        if type(item) is dict:
+            return item
+        try:  # an undecoded delta line (see _codec.delta_session): decoded only now
+            envelope = self._decode(item)["params"]["event"]
+        except Exception:
+            log.info("skipping a line from rkat-rpc that is not JSON: %.200r", item)
+            return None
+        return envelope if type(envelope) is dict else None
+
+    def _next_item(self) -> Any:
+        """The next queued event (an envelope or an undecoded line), or None at the end."""
+        self._ensure_started()
+        batch = self._batch
+        while True:
+            if self._pos < len(batch):
+                item = batch[self._pos]
+                self._pos += 1
+                if type(item) is bytes or type(item) is dict:
+                    return item
+                self._control(item)
+            elif self._done:
                 break
-            try:
-                try:
-                    item = items.get_nowait()  # a busy stream: no deadline arithmetic
-                except queue.Empty:
-                    item = wait_queue(items, self._deadline, "the turn")
-            except MeerkatTimeoutError:
-                if self._answered:
-                    # The run's terminal event never came (dropped, §5.5): the result stands,
-                    # and the loss is said where it happened rather than kept quiet.
-                    self._finish()
-                    if handle.sink.started and self._error is None:
-                        return truncated(0, TAIL_LOST)
+            else:
+                taken = self._next_batch()
+                if taken is None:
                     break
-                self._abandon()
-                raise
-            except KeyboardInterrupt:
-                self._abandon()
-                raise
-            if type(item) is dict:
-                return item
-            if item is RUN_END:
-                self._run_ended = True
-            elif item is RESPONSE:
-                self._answered = True
-                if handle.result.exception() is not None:
-                    # A failed run's events precede its error, and an interrupted one sends
-                    # no terminal event at all (PROTOCOL.md §8.3): nothing more to wait for.
-                    self._run_ended = True
-                else:
-                    self._deadline = Deadline(self._grace)
-            elif isinstance(item, Marker) and item.error is not None:
-                self._done = True
-                self._abandoned.detach()
-                handle.release()
-                raise item.error
+                batch = taken
         if self._error is not None:
             error, self._error = self._error, None
             raise error
         return None
+
+    def _next_batch(self) -> Optional[List[Any]]:
+        """Wait for the reader's next batch; None when the stream is over."""
+        handle = self._handle
+        assert handle is not None and self._deadline is not None
+        sink = handle.sink
+        while not (self._answered and self._run_ended):
+            try:
+                try:
+                    batch = sink.items.get_nowait()  # a busy stream: no deadline arithmetic
+                except queue.Empty:
+                    batch = wait_queue(sink.items, self._deadline, "the turn")
+            except MeerkatTimeoutError:
+                if not self._answered:
+                    self._abandon()
+                    raise
+                # The run's terminal event never came (dropped, §5.5): the result stands,
+                # and the loss is said where it happened rather than kept quiet.
+                self._finish()
+                tail = [truncated(0, TAIL_LOST)] if sink.started and self._error is None else []
+                return self._take(tail)
+            except KeyboardInterrupt:
+                self._abandon()
+                raise
+            sink.taken += len(batch)
+            return self._take(batch)
+        self._finish()
+        return None
+
+    def _take(self, batch: List[Any]) -> List[Any]:
+        self._batch, self._pos = batch, 0
+        return batch
+
+    def _control(self, item: Any) -> None:
+        handle = self._handle
+        assert handle is not None
+        if item is RUN_END:
+            self._run_ended = True
+        elif item is RESPONSE:
+            self._answered = True
+            if handle.result.exception() is not None:
+                # A failed run's events precede its error, and an interrupted one sends
+                # no terminal event at all (PROTOCOL.md §8.3): nothing more to wait for.
+                self._run_ended = True
+            else:
+                self._deadline = Deadline(self._grace)
+        elif isinstance(item, Marker) and item.error is not None:
+            self._done = True
+            self._abandoned.detach()
+            handle.release()
+            raise item.error
 
     def _finish(self) -> None:
         handle = self._handle

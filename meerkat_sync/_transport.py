@@ -1,7 +1,7 @@
 """The child process and its pipes: a reader thread, a writer thread, a stderr drain.
 
-The reader never blocks on a consumer: it parses a line and hands the message to a
-callback that only does dictionary work and queue puts. The writer is the only thread
+The reader never blocks on a consumer: it hands each read's lines to a callback that
+only parses, routes and queues. The writer is the only thread
 that can block on the child's stdin. stderr is drained continuously into a bounded
 tail so a chatty child can never fill the pipe and stall.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -29,7 +28,7 @@ _STDERR_LINE_CAP = 2000
 _STDERR_TAIL_LINES = 40
 _STDERR_CHUNK = 65536
 
-MessageHandler = Callable[[Dict[str, Any]], None]
+LinesHandler = Callable[[List[bytes]], None]
 CloseHandler = Callable[["ExitInfo"], None]
 OversizeCallback = Callable[[bytes, int], None]
 
@@ -61,29 +60,6 @@ class ExitInfo:
         return f"rkat-rpc stdout closed ({status})" + (f"; stderr tail:\n{tail}" if tail else "")
 
 
-def _decoder() -> Callable[[bytes], Any]:
-    """``orjson.loads`` when the ``fast`` extra is installed, else a prebuilt stdlib decoder."""
-    try:
-        import orjson  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        decode = json.JSONDecoder().decode
-
-        def loads(line: bytes) -> Any:
-            return decode(line.decode("utf-8"))  # UnicodeDecodeError is a ValueError too
-
-        return loads
-    fast: Callable[[bytes], Any] = orjson.loads
-    return fast
-
-
-def encode(message: Mapping[str, Any]) -> bytes:
-    """One compact JSON line; raises ``TypeError``/``ValueError`` for values JSON cannot hold."""
-    return (
-        json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-        + b"\n"
-    )
-
-
 class Transport:
     """Spawns the child and moves lines; knows nothing about JSON-RPC semantics."""
 
@@ -93,7 +69,7 @@ class Transport:
         *,
         env: Optional[Mapping[str, str]],
         cwd: Optional[str],
-        on_message: MessageHandler,
+        on_lines: LinesHandler,
         on_close: CloseHandler,
         on_oversize: OversizeCallback,
         max_message_bytes: int,
@@ -101,7 +77,7 @@ class Transport:
         self._argv = list(argv)
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
-        self._on_message = on_message
+        self._on_lines = on_lines
         self._on_close = on_close
         self._on_oversize = on_oversize
         self._max_bytes = max_message_bytes
@@ -168,27 +144,16 @@ class Transport:
     def _read_stdout(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stdout is not None
-        loads = _decoder()
-        on_message = self._on_message
+        on_lines = self._on_lines
 
-        def on_line(line: bytes) -> None:
+        def handle(lines: List[bytes]) -> None:
             try:
-                message = loads(line)
-            except Exception:  # any line that does not decode is skipped, never fatal
-                if line.strip():
-                    # The server logs to stdout (PROTOCOL.md §1.4): noise, never fatal.
-                    log.info("rkat-rpc stdout: %.2000s", line.decode("utf-8", "replace").rstrip())
-                return
-            if not isinstance(message, dict):
-                log.warning("ignoring a non-object JSON line from rkat-rpc: %.200r", line)
-                return
-            try:
-                on_message(message)
-            except Exception:  # the reader must survive any routing bug
-                log.exception("failed to route a message from rkat-rpc: %.200r", line)
+                on_lines(lines)
+            except Exception:  # the reader must survive any handling bug
+                log.exception("failed to handle %d lines from rkat-rpc", len(lines))
 
         try:
-            read_lines(proc.stdout.fileno(), self._max_bytes, on_line, self._oversize)
+            read_lines(proc.stdout.fileno(), self._max_bytes, handle, self._oversize)
         except (OSError, ValueError) as exc:
             log.debug("rkat-rpc stdout read ended: %s", exc)
         finally:

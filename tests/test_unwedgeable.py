@@ -135,10 +135,14 @@ def test_ctrl_c_sent_to_the_whole_process_group_spares_the_runtime() -> None:
         start_new_session=True,  # its own process group, as a shell job has
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
-    out, err = proc.communicate(timeout=30)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
+        out, err = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # never leave the script behind
     assert out.split("\n")[:2] == ["interrupted", "next: Echo: after"], out + err
 
 

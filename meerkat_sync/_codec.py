@@ -1,0 +1,81 @@
+"""The wire's JSON: requests encoded, lines decoded, and most event lines routed undecoded.
+
+During a turn almost every line rkat-rpc writes is a ``session/event`` in one exact
+compact form (keys sorted, no spaces). To route one, the reader needs only its session
+and whether it starts or ends a run. ``mid_run_session`` reads both off the bytes: the
+session is the last field of every such line, and a run's boundaries are the only events
+whose type starts with ``run_``. Any line not in that form to the letter, and every
+boundary, takes the full decode. The others are decoded only where they are used: by the
+stream that reads them (a plain ``turn()`` never decodes its deltas at all).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping, Optional, Tuple
+
+EVENT_PREFIX = b'{"jsonrpc":"2.0","method":"session/event","params":{"event":{"event_id":"'
+#: ``...},"session_id":"<36 chars>"}}``: the envelope closes, then params' last key ends it.
+_SESSION = b'},"session_id":"'
+_SESSION_AT = len(_SESSION) + 36 + 3
+#: An unescaped quote cannot occur inside a JSON string, so this marks an event type.
+_BOUNDARY = b'"type":"run_'
+_PAYLOAD = b'","payload":{"delta":"'
+_PAYLOAD_AT = len(EVENT_PREFIX) + 36
+
+
+def mid_run_session(line: bytes) -> Optional[str]:
+    """The session of an event line in the exact 0.5.0 form that neither starts nor ends a
+    run; None for anything else (which the full decode then handles).
+
+    The other fields are not checked: a stream decodes what it reads in full (and drops a
+    line, as the reader would, if it is not JSON after all).
+    """
+    if (
+        line.startswith(EVENT_PREFIX)
+        and line.endswith(b'"}}')
+        and line.startswith(_SESSION, len(line) - _SESSION_AT)
+        and _BOUNDARY not in line
+    ):
+        return line[-39:-3].decode("ascii", "replace")
+    return None
+
+
+def is_delta(line: bytes) -> bool:
+    """Whether an event line routed undecoded is a text or reasoning delta (droppable)."""
+    return line.startswith(_PAYLOAD, _PAYLOAD_AT)
+
+
+def _stdlib_loads() -> Callable[[bytes], Any]:
+    decoder = json.JSONDecoder()
+    scan: Callable[[str, int], Tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
+    decode = decoder.decode
+
+    def loads(line: bytes) -> Any:
+        text = line.decode("utf-8")  # UnicodeDecodeError is a ValueError too
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            end = -1
+        # Anything unusual (spaces around the value, junk) goes through the ordinary path.
+        return value if end == len(text) else decode(text)
+
+    return loads
+
+
+def line_decoder() -> Callable[[bytes], Any]:
+    """``orjson.loads`` when the ``fast`` extra is installed, else the stdlib's scanner."""
+    try:
+        import orjson  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return _stdlib_loads()
+    fast: Callable[[bytes], Any] = orjson.loads
+    return fast
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One compact JSON line; raises ``TypeError``/``ValueError`` for values JSON cannot hold."""
+    return (
+        json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        + b"\n"
+    )
