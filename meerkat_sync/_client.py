@@ -7,7 +7,6 @@ blocks only its own thread, and turns on different sessions run in parallel.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import logging
 import os
 import threading
@@ -30,7 +29,7 @@ from typing import (
 
 from ._binary import DEFAULT_RKAT_PATH, resolve_rkat_rpc
 from ._converter import structure
-from ._deadline import USE_DEFAULT, Deadline, Timeout, check_timeout, resolve_timeout, wait_future
+from ._deadline import USE_DEFAULT, Deadline, Slot, Timeout, check_timeout, resolve_timeout, wait_slot
 from ._endpoint import Endpoint
 from ._params import (
     CREATE_OPTIONS,
@@ -440,9 +439,9 @@ class MeerkatClient:
     ) -> Any:
         if endpoint is None:
             endpoint, _ = self._parts()
-        request_id, future = endpoint.request(method, params)
+        request_id, slot = endpoint.request(method, params)
         try:
-            return wait_future(future, deadline, method)
+            return wait_slot(slot, deadline, method)
         except (MeerkatTimeoutError, KeyboardInterrupt):
             endpoint.forget(request_id)
             raise
@@ -474,38 +473,36 @@ class MeerkatClient:
             self._enter_turn(gate_key, endpoint, deadline)
         sink = RunSink(prompt_key, deliver, gate_key, self._stream_buffer)
         register = router.add_create if create else router.add_turn
-        try:
-            request_id, raw = endpoint.request(method, params, before_send=lambda _: register(sink))
-        except BaseException:
-            router.release(sink, 0.0)
-            if gate_key is not None:
-                self._gate.release(gate_key, failed=False)
-            raise
-        result: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
+        result: Slot[RunResult] = Slot()
         grace = self._stream_grace
 
-        def settle(done: concurrent.futures.Future[Any]) -> None:
-            # Runs on the reader thread, before any later event of this session is routed.
-            error = done.exception()
+        def settle(answer: Any, error: Optional[BaseException]) -> None:
+            # On the reader thread, before any later event of this session is routed.
             run: Optional[RunResult] = None
             if error is None:
                 try:
-                    run = structure(done.result(), RunResult)
+                    run = structure(answer, RunResult)
                 except Exception as exc:
                     error = MeerkatError("INVALID_RESPONSE", f"{method} returned a malformed result: {exc}")
             if create:
                 router.create_answered(sink, run.session_id if run is not None else None)
             if run is not None:
                 on_result(run)
-                result.set_result(run)
-            else:
-                result.set_exception(error or MeerkatError("INVALID_RESPONSE", f"{method} failed"))
+            result.settle(run, error)
             if gate_key is not None:
                 self._gate.release(gate_key, failed=_input_left_queued(error))
             router.mark_answered(sink, grace)
             router.post(sink, RESPONSE)
 
-        raw.add_done_callback(settle)
+        try:
+            request_id, _ = endpoint.request(
+                method, params, before_send=lambda _: register(sink), on_answer=settle
+            )
+        except BaseException:
+            router.release(sink, 0.0)
+            if gate_key is not None:
+                self._gate.release(gate_key, failed=False)
+            raise
         return RunHandle(
             sink,
             result,
@@ -550,7 +547,7 @@ class MeerkatClient:
             deadline=deadline,
         )
         try:
-            return wait_future(handle.result, deadline, "the turn")
+            return wait_slot(handle.result, deadline, "the turn")
         except (MeerkatTimeoutError, KeyboardInterrupt):
             handle.cancel()
             raise

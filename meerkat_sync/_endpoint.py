@@ -1,6 +1,6 @@
-"""JSON-RPC semantics over a :class:`Transport`: ids, pending futures, server requests.
+"""JSON-RPC semantics over a :class:`Transport`: ids, pending answers, server requests.
 
-Responses settle ``concurrent.futures.Future`` objects by id. Notifications go to one
+Responses settle a one-shot :class:`Slot` (or a callback) by id. Notifications go to one
 callback (the event router). Requests *from* the server are answered off the reader
 thread, so a handler may itself call the client without deadlocking the reader.
 """
@@ -14,7 +14,8 @@ import re
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
-from ._codec import encode, line_decoder, mid_run_session
+from ._codec import encode, line_decoder
+from ._deadline import Slot
 from ._writer import Ticket
 from .errors import MeerkatError, error_from_rpc
 
@@ -38,7 +39,7 @@ class Events(Protocol):
 
     def end_chunk(self) -> None: ...
 
-    def on_line(self, session_id: str, line: bytes) -> bool: ...
+    def route_lines(self, lines: List[bytes], start: int) -> int: ...
 
 
 Sender = Callable[[bytes], Ticket]
@@ -48,12 +49,16 @@ Dropper = Callable[[Ticket], bool]
 _RESPONSE_ID = re.compile(rb'"id"\s*:\s*(-?\d+)')
 
 
-class _Pending:
-    __slots__ = ("future", "method", "ticket")
+#: What a response is handed to: ``(result, None)`` or ``(None, error)``.
+OnAnswer = Callable[[Any, Optional[BaseException]], None]
 
-    def __init__(self, method: str) -> None:
+
+class _Pending:
+    __slots__ = ("answer", "method", "ticket")
+
+    def __init__(self, method: str, answer: OnAnswer) -> None:
         self.method = method
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.answer = answer
         self.ticket: Optional[Ticket] = None
 
 
@@ -89,14 +94,18 @@ class Endpoint:
         method: str,
         params: Mapping[str, Any],
         before_send: Optional[Callable[[int], None]] = None,
-    ) -> Tuple[int, concurrent.futures.Future[Any]]:
-        """Queue a request; returns its id and the future its response settles.
+        on_answer: Optional[OnAnswer] = None,
+    ) -> Tuple[int, Slot[Any]]:
+        """Queue a request; returns its id and the slot its response settles.
 
         Nothing here blocks on the child: the line is queued for the writer thread, and
-        the caller bounds its wait on the future. ``before_send`` runs under the order
-        lock, so whatever it registers (an event sink) is ordered as the requests are.
+        the caller bounds its wait on the slot. ``on_answer``, when given, is called with
+        the response instead (on the thread that receives it). ``before_send`` runs under
+        the order lock, so whatever it registers (an event sink) is ordered as the
+        requests are.
         """
-        pending = _Pending(method)
+        slot: Slot[Any] = Slot()
+        pending = _Pending(method, on_answer or slot.settle)
         # The order lock keeps id order == write order; it is only held to queue a line.
         with self._order_lock:
             with self._lock:
@@ -120,7 +129,7 @@ class Endpoint:
             except BaseException:
                 self.forget(request_id)
                 raise
-        return request_id, pending.future
+        return request_id, slot
 
     def notify(self, method: str, params: Mapping[str, Any]) -> None:
         """Fire-and-forget; a dead connection is not an error here (used for cleanup)."""
@@ -148,9 +157,7 @@ class Endpoint:
         if pending is not None and pending.ticket is not None and self._drop(pending.ticket):
             with self._lock:
                 self._pending.pop(request_id, None)
-            pending.future.set_exception(
-                MeerkatError("NOT_SENT", f"{method} was withdrawn before it was written")
-            )
+            pending.answer(None, MeerkatError("NOT_SENT", f"{method} was withdrawn before it was written"))
         elif method in LONG_RUNNING:
             self.notify("cancel", {"request_id": request_id})
         else:
@@ -167,10 +174,12 @@ class Endpoint:
         events = self._events
         events.begin_chunk()
         try:
-            for line in lines:
-                session = mid_run_session(line)  # most lines: routed without a decode
-                if session is None or not events.on_line(session, line):
-                    self._handle_line(line)
+            done, count = 0, len(lines)
+            while done < count:
+                done = events.route_lines(lines, done)  # most lines: routed without a decode
+                if done < count:
+                    self._handle_line(lines[done])
+                    done += 1
         finally:
             events.end_chunk()
 
@@ -219,13 +228,12 @@ class Endpoint:
                 log.debug("discarding a response to unknown or abandoned request %r", request_id)
             return
         if "error" in message:
-            pending.future.set_exception(error_from_rpc(message["error"]))
+            pending.answer(None, error_from_rpc(message["error"]))
         elif "result" in message:
-            pending.future.set_result(message["result"])
+            pending.answer(message["result"], None)
         else:
-            pending.future.set_exception(
-                MeerkatError("INVALID_RESPONSE", f"response to {pending.method} has neither result nor error")
-            )
+            problem = f"response to {pending.method} has neither result nor error"
+            pending.answer(None, MeerkatError("INVALID_RESPONSE", problem))
 
     def _oldest_null_id_candidate(self) -> Optional[_Pending]:
         # Called with the lock held. ids grow, so the smallest matching id is the oldest.
@@ -286,14 +294,15 @@ class Endpoint:
         with self._lock:
             pending = self._pending.pop(int(match.group(1)), None)
         if pending is not None:
-            pending.future.set_exception(
+            pending.answer(
+                None,
                 MeerkatError(
                     "MESSAGE_TOO_LARGE",
                     f"the response to {pending.method} was {size} bytes, more than "
                     f"max_message_bytes={self._max_message_bytes}; pass a larger "
                     "MeerkatClient(max_message_bytes=...) if replies this big are expected",
                     details={"size": size, "max_message_bytes": self._max_message_bytes},
-                )
+                ),
             )
 
     def fail_all(self, error: MeerkatError) -> None:
@@ -304,8 +313,7 @@ class Endpoint:
             pending, self._pending = self._pending, {}
             executor, self._executor = self._executor, None
         for item in pending.values():
-            if not item.future.done():
-                item.future.set_exception(error)
+            item.answer(None, error)
         if executor is not None:
             executor.shutdown(wait=False)
 

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Set
 
-from ._codec import is_delta
+from ._codec import is_delta, mid_run_session
 from .errors import MeerkatError
 
 log = logging.getLogger("meerkat_sync")
@@ -285,21 +285,24 @@ class EventRouter:
             sink.pending.append(item)
             self._touch(sink)
 
-    def on_line(self, session_id: str, line: bytes) -> bool:
-        """An undecoded event inside a run: queued as is if the run is in progress (and
-        nothing at all if nobody reads it); False when routing needs the decoded event."""
+    def route_lines(self, lines: List[bytes], start: int) -> int:
+        """Route event lines undecoded, from ``start`` on, while they are mid-run events of a
+        run in progress (queued as they are, or not at all if nobody reads them); returns
+        the index of the first line that needs the full decode, or ``len(lines)``."""
+        routes = self._routes
         with self._lock:
-            route = self._routes.get(session_id)
-            sink = route.active if route is not None else None
-            if sink is None or not sink.saw_run_started:
-                return False
-            sink.started = True
-            if sink.deliver:
-                sink.push(line, "text_delta" if is_delta(line) else "", False)
-                self._touched.add(sink)
-                if not self._in_chunk:
-                    self._hand_over()
-            return True
+            for index in range(start, len(lines)):
+                line = lines[index]
+                session = mid_run_session(line)
+                route = routes.get(session) if session is not None else None
+                sink = route.active if route is not None else None
+                if sink is None or not sink.saw_run_started:
+                    return index
+                sink.started = True
+                if sink.deliver:
+                    sink.push(line, "text_delta" if is_delta(line) else "", False)
+                    self._touched.add(sink)
+            return len(lines)
 
     def on_event(self, session_id: str, envelope: Dict[str, Any]) -> None:
         payload = envelope.get("payload")

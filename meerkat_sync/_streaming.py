@@ -7,7 +7,6 @@ run is discarded by the router, and the response still settles the session's sta
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import queue
 import weakref
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from ._codec import line_decoder
 from ._converter import structure_envelope, structure_event
-from ._deadline import Deadline, wait_queue
+from ._deadline import Deadline, Slot, wait_queue
 from ._routing import OVERFLOW, RESPONSE, RUN_END, TAIL_LOST, Marker, RunSink, truncated
 from .errors import MeerkatError, MeerkatTimeoutError
 from .events import Event, EventEnvelope, TextDelta
@@ -38,7 +37,7 @@ class RunHandle:
     def __init__(
         self,
         sink: RunSink,
-        result: concurrent.futures.Future[RunResult],
+        result: Slot[RunResult],
         cancel: Callable[[], None],
         release: Callable[[], None],
     ) -> None:
@@ -291,7 +290,7 @@ class EventStream:
             self._run_ended = True
         elif item is RESPONSE:
             self._answered = True
-            if handle.result.exception() is not None:
+            if handle.result.error is not None:
                 # A failed run's events precede its error, and an interrupted one sends
                 # no terminal event at all (PROTOCOL.md §8.3): nothing more to wait for.
                 self._run_ended = True
@@ -309,11 +308,10 @@ class EventStream:
         self._done = True
         self._abandoned.detach()
         handle.release()
-        exc = handle.result.exception()
-        if exc is not None:
-            self._error = exc
+        if handle.result.error is not None:
+            self._error = handle.result.error
         else:
-            self._result = handle.result.result()
+            self._result = handle.result.value
 
     def _abandon(self) -> None:
         self._done = True
@@ -322,6 +320,6 @@ class EventStream:
 
 def _call_off(handle: RunHandle) -> None:
     """Cancel a run nobody consumes any more (if it is still going) and free its events."""
-    if not handle.result.done():
+    if not handle.result.settled:
         handle.cancel()
     handle.release()
