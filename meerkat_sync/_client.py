@@ -227,6 +227,7 @@ class MeerkatClient:
             max_message_bytes=self._max_message_bytes,
         )
         transport.start()
+        endpoint.tearable_above = transport.tearable_above
         return router, endpoint, transport
 
     def _resolve_binary(self, deadline: Optional[Deadline]) -> str:

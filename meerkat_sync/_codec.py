@@ -31,14 +31,22 @@ def mid_run_session(line: bytes) -> Optional[str]:
     The other fields are not checked: a stream decodes what it reads in full (and drops a
     line, as the reader would, if it is not JSON after all).
     """
-    if (
-        line.startswith(EVENT_PREFIX)
-        and line.endswith(b'"}}')
-        and line.startswith(_SESSION, len(line) - _SESSION_AT)
-        and _BOUNDARY not in line
-    ):
-        return line[-39:-3].decode("ascii", "replace")
+    tail = mid_run_tail(line)
+    return None if tail is None else tail_session(tail)
+
+
+def mid_run_tail(line: bytes) -> Optional[bytes]:
+    """``mid_run_session`` without the decode: the bytes that name the session, which lines
+    of one session share (so a reader decodes them once per read, with ``tail_session``)."""
+    if line.startswith(EVENT_PREFIX) and _BOUNDARY not in line:
+        tail = line[-_SESSION_AT:]
+        if tail.startswith(_SESSION) and tail.endswith(b'"}}'):
+            return tail
     return None
+
+
+def tail_session(tail: bytes) -> str:
+    return tail[-39:-3].decode("ascii", "replace")
 
 
 def is_delta(line: bytes) -> bool:
@@ -71,6 +79,29 @@ def line_decoder() -> Callable[[bytes], Any]:
         return _stdlib_loads()
     fast: Callable[[bytes], Any] = orjson.loads
     return fast
+
+
+def text_delta_reader(decode: Callable[[bytes], Any]) -> Callable[[bytes], Optional[Tuple[int, str]]]:
+    """``(seq, delta)`` of an event line whose payload is a plain ``text_delta``, else None.
+
+    It decodes the whole line (so a line that is not JSON is never taken for a delta) and
+    reads the two fields a stream needs; every other line goes the general way.
+    """
+
+    def read(line: bytes) -> Optional[Tuple[int, str]]:
+        if not line.startswith(_PAYLOAD, _PAYLOAD_AT):
+            return None
+        try:
+            event = decode(line)["params"]["event"]
+            payload, seq = event["payload"], event["seq"]
+            delta = payload["delta"]
+        except Exception:  # not JSON, or not this shape: the general path decides
+            return None
+        if type(seq) is int and type(delta) is str and payload.get("type") == "text_delta":
+            return seq, delta
+        return None
+
+    return read
 
 
 def encode(message: Mapping[str, Any]) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from ._codec import encode, line_decoder
 from ._deadline import Slot
-from ._writer import Ticket
+from ._writer import QUEUED, Ticket
 from .errors import MeerkatError, error_from_rpc
 
 log = logging.getLogger("meerkat_sync")
@@ -25,6 +25,8 @@ log = logging.getLogger("meerkat_sync")
 _NULL_ID_METHODS = frozenset(
     {"comms/send", "comms/peers", "session/external_event", "mob/stream_open", "mob/stream_close"}
 )
+#: rkat-rpc's answer to a line it cannot parse, whose id it therefore cannot name.
+_PARSE_ERROR = -32700
 #: Methods the ``cancel`` notification can stop (§1.7).
 LONG_RUNNING = frozenset({"session/create", "turn/start"})
 
@@ -86,6 +88,8 @@ class Endpoint:
         self._closed: Optional[MeerkatError] = None
         self._handlers: Dict[str, RequestHandler] = {}
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        #: Request lines longer than this may reach rkat-rpc cut in two (see _pipes).
+        self.tearable_above = 0
 
     # --- outgoing --------------------------------------------------------------------------
 
@@ -215,7 +219,11 @@ class Endpoint:
     def _handle_response(self, message: Dict[str, Any]) -> None:
         request_id = message.get("id")
         with self._lock:
-            if request_id is None:
+            lost = self._lost_line_candidate(message) if request_id is None else None
+            pending: Optional[_Pending]
+            if lost is not None:
+                pending = lost
+            elif request_id is None:
                 pending = self._oldest_null_id_candidate()
             elif isinstance(request_id, int) and not isinstance(request_id, bool):
                 pending = self._pending.pop(request_id, None)
@@ -227,13 +235,40 @@ class Endpoint:
             else:
                 log.debug("discarding a response to unknown or abandoned request %r", request_id)
             return
-        if "error" in message:
+        if lost is not None:
+            pending.answer(None, _lost_error(pending.method, message["error"]))
+        elif "error" in message:
             pending.answer(None, error_from_rpc(message["error"]))
         elif "result" in message:
             pending.answer(message["result"], None)
         else:
             problem = f"response to {pending.method} has neither result nor error"
             pending.answer(None, MeerkatError("INVALID_RESPONSE", problem))
+
+    def _lost_line_candidate(self, message: Dict[str, Any]) -> Optional[_Pending]:
+        """The request whose line rkat-rpc cut and could not parse, if only one can be it.
+
+        Called with the lock held. Only a line sent (in part at least) and longer than
+        ``tearable_above`` can have been cut; when several could, none is guessed at (each
+        caller's timeout still holds) and the warning below says so.
+        """
+        if not _is_parse_error(message):
+            return None
+        suspects = [
+            request_id
+            for request_id, pending in self._pending.items()
+            if pending.ticket is not None
+            and pending.ticket.state != QUEUED
+            and len(pending.ticket.data) > self.tearable_above
+        ]
+        if len(suspects) > 1:
+            log.warning(
+                "rkat-rpc could not parse a request line (%s); it lost one of %d requests "
+                "in flight, which cannot be told apart: their timeouts still hold",
+                message["error"].get("message"),
+                len(suspects),
+            )
+        return self._pending.pop(suspects[0]) if len(suspects) == 1 else None
 
     def _oldest_null_id_candidate(self) -> Optional[_Pending]:
         # Called with the lock held. ids grow, so the smallest matching id is the oldest.
@@ -320,3 +355,18 @@ class Endpoint:
     @property
     def closed_error(self) -> Optional[MeerkatError]:
         return self._closed
+
+
+def _is_parse_error(message: Dict[str, Any]) -> bool:
+    error = message.get("error")
+    return isinstance(error, dict) and error.get("code") == _PARSE_ERROR
+
+
+def _lost_error(method: str, error: Dict[str, Any]) -> MeerkatError:
+    return MeerkatError(
+        "REQUEST_LOST",
+        f"rkat-rpc lost this {method} request and did not run it: it read the line in two "
+        f"pieces and dropped the first ({error.get('message')}), a known rkat-rpc 0.5.0 fault "
+        "for long lines sent while it is writing events; send it again",
+        details={"rpc_code": _PARSE_ERROR, "rpc_message": error.get("message")},
+    )

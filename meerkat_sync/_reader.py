@@ -28,34 +28,26 @@ def read_lines(fd: int, max_bytes: int, on_lines: LinesHandler, on_oversize: Ove
     partial = bytearray()
     head = b""
     skipped = -1  # bytes of the oversized line being dropped; -1 when not dropping
-    lines: List[bytes] = []
-    on_line = lines.append
-
-    def oversize(head: bytes, size: int) -> None:
-        if lines:  # keep the order: the lines before it are handled first
-            on_lines(lines[:])
-            lines.clear()
-        on_oversize(head, size)
-
     while True:
         chunk = os.read(fd, CHUNK)
         if not chunk:
             break
-        pieces = chunk.split(b"\n")
-        rest = pieces.pop()  # after the last newline: the start of a line still coming
-        for piece in pieces:
-            if skipped >= 0:
-                oversize(head, skipped + len(piece))
+        lines = chunk.split(b"\n")
+        rest = lines.pop()  # after the last newline: the start of a line still coming
+        if lines:
+            if skipped >= 0:  # the newline that ends the line being dropped
+                on_oversize(head, skipped + len(lines[0]))
                 skipped = -1
-                continue
-            if partial:
-                partial += piece
-                piece = bytes(partial)
+                del lines[0]
+            elif partial:
+                partial += lines[0]
+                lines[0] = bytes(partial)
                 partial.clear()
-            if len(piece) > max_bytes:
-                oversize(piece[:HEAD], len(piece))
-            else:
-                on_line(piece)
+            # Only a line joined with its earlier part can be longer than the chunk.
+            if len(chunk) > max_bytes or (lines and len(lines[0]) > max_bytes):
+                _bounded(lines, max_bytes, on_lines, on_oversize)
+            elif lines:
+                on_lines(lines)
         if skipped >= 0:
             skipped += len(rest)
         elif rest:
@@ -63,10 +55,24 @@ def read_lines(fd: int, max_bytes: int, on_lines: LinesHandler, on_oversize: Ove
             if len(partial) > max_bytes:
                 head, skipped = bytes(partial[:HEAD]), len(partial)
                 partial.clear()
-        if lines:
-            on_lines(lines[:])
-            lines.clear()
     if skipped >= 0:
         on_oversize(head, skipped)
     elif partial:
         on_lines([bytes(partial)])
+
+
+def _bounded(
+    lines: List[bytes], max_bytes: int, on_lines: LinesHandler, on_oversize: OversizeHandler
+) -> None:
+    """Hand over a read's lines in order, each oversized one reported in its place."""
+    kept: List[bytes] = []
+    for line in lines:
+        if len(line) <= max_bytes:
+            kept.append(line)
+            continue
+        if kept:
+            on_lines(kept)
+            kept = []
+        on_oversize(line[:HEAD], len(line))
+    if kept:
+        on_lines(kept)

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Set
 
-from ._codec import is_delta, mid_run_session
+from ._codec import is_delta, mid_run_tail, tail_session
 from .errors import MeerkatError
 
 log = logging.getLogger("meerkat_sync")
@@ -123,10 +123,12 @@ class RunSink:
         self.expires_at: Optional[float] = None
 
     def push(self, item: Any, kind: Any, terminal: bool) -> None:
-        """Queue one event (an envelope, or a scanned delta); the router's lock is held."""
+        """Queue one event (an envelope, or an undecoded line); the router's lock is held."""
         self.started = True
         if self.deliver:
-            if kind in _DROPPABLE and self.pushed - self.taken >= self.limit:
+            if self.pushed - self.taken >= self.limit and (
+                kind in _DROPPABLE if type(item) is not bytes else is_delta(item)
+            ):
                 # The consumer fell behind: drop the newest deltas, never block the reader.
                 # Other events are rare and carry the run's structure, so they always pass.
                 self.dropped += 1
@@ -290,18 +292,22 @@ class EventRouter:
         run in progress (queued as they are, or not at all if nobody reads them); returns
         the index of the first line that needs the full decode, or ``len(lines)``."""
         routes = self._routes
+        seen: Dict[bytes, RunSink] = {}  # session tail -> its sink, for this read's lines
         with self._lock:
             for index in range(start, len(lines)):
                 line = lines[index]
-                session = mid_run_session(line)
-                route = routes.get(session) if session is not None else None
-                sink = route.active if route is not None else None
-                if sink is None or not sink.saw_run_started:
+                tail = mid_run_tail(line)
+                if tail is None:
                     return index
-                sink.started = True
-                if sink.deliver:
-                    sink.push(line, "text_delta" if is_delta(line) else "", False)
+                sink = seen.get(tail)
+                if sink is None:
+                    route = routes.get(tail_session(tail))
+                    sink = route.active if route is not None else None
+                    if sink is None or not sink.saw_run_started:
+                        return index
+                    seen[tail] = sink
                     self._touched.add(sink)
+                sink.push(line, None, False)
             return len(lines)
 
     def on_event(self, session_id: str, envelope: Dict[str, Any]) -> None:

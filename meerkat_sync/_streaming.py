@@ -13,7 +13,7 @@ import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
-from ._codec import line_decoder
+from ._codec import line_decoder, text_delta_reader
 from ._converter import structure_envelope, structure_event
 from ._deadline import Deadline, Slot, wait_queue
 from ._routing import OVERFLOW, RESPONSE, RUN_END, TAIL_LOST, Marker, RunSink, truncated
@@ -79,6 +79,7 @@ class EventStream:
         self._batch: List[Any] = []
         self._pos = 0
         self._decode = line_decoder()
+        self._text_delta = text_delta_reader(self._decode)
         self._held: Optional[Dict[str, Any]] = None
         self._last_seq = 0
         self._excused = 0
@@ -125,6 +126,19 @@ class EventStream:
         return self
 
     def __next__(self) -> Event:
+        # The hot path: an undecoded text delta in seq order, typed without the layers
+        # below (which give the same event for it; tests/test_codec.py checks they agree).
+        pos, batch = self._pos, self._batch
+        if pos < len(batch) and self._held is None:
+            line = batch[pos]
+            if type(line) is bytes:
+                delta = self._text_delta(line)
+                if delta is not None:
+                    seq, text = delta
+                    last = self._last_seq
+                    if not last or seq == last + 1:
+                        self._pos, self._last_seq = pos + 1, seq
+                        return TextDelta(text)
         envelope = self._next_envelope()
         if envelope is None:
             raise StopIteration

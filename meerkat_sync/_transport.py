@@ -17,6 +17,7 @@ import sys
 import threading
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
+from ._pipes import size_pipes
 from ._reader import read_lines
 from ._writer import Ticket, Writer
 from .errors import MeerkatError
@@ -88,6 +89,8 @@ class Transport:
         self._stderr_reader: Optional[threading.Thread] = None
         self._stopped_by_us = False
         self._closing = False
+        #: Request lines longer than this may be cut by rkat-rpc's reads (see _pipes).
+        self.tearable_above = 0
 
     @property
     def pid(self) -> Optional[int]:
@@ -110,7 +113,8 @@ class Transport:
                 f"could not start {self._argv[0]!r}: {exc}; check the path and that it is executable",
             ) from exc
         proc = self._proc
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
+        self.tearable_above = size_pipes(proc.stdin.fileno(), proc.stdout.fileno())
         stdin = proc.stdin
         self._writer = Writer(stdin.fileno(), lambda: _quietly(stdin.close), f"meerkat-writer-{proc.pid}")
         self._stderr_reader = threading.Thread(

@@ -5,7 +5,8 @@ It speaks just enough of the wire for a client to connect. For ``session/list`` 
 verbatim (``{id}`` becomes the request id) before the real response, so tests can put
 anything at all on the wire, through the public API, over a real pipe. ``{"noise": N}``
 first writes a non-JSON line of N bytes, in pieces; ``{"pad": N}`` pads the response
-itself to about N bytes.
+itself to about N bytes; ``{"lose": ...}`` answers as rkat-rpc 0.5.0 does a request line it
+read cut in two: with a parse error that has no id, and no response.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def main() -> None:
                 data = base64.b64decode(line).replace(b"{id}", str(request_id).encode())
                 out.write(data + b"\n")
             write_noise(out, int(labels.get("noise", "0")))
+            if "lose" in labels:
+                out.write(b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error: '
+                          b'expected value at line 1 column 1"},"id":null}\n')
+                out.flush()
+                continue
             result = {"sessions": []}
             if "pad" in labels:
                 result["pad"] = "x" * int(labels["pad"])

@@ -13,7 +13,9 @@ from typing import Any, Dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meerkat_sync._codec import _stdlib_loads, is_delta, line_decoder, mid_run_session
+from meerkat_sync._codec import _stdlib_loads, is_delta, line_decoder, mid_run_session, text_delta_reader
+from meerkat_sync._converter import structure_event
+from meerkat_sync.events import TextDelta
 
 UUID = st.uuids().map(str)
 KINDS = [
@@ -94,6 +96,37 @@ def test_any_edit_of_a_line_is_either_still_right_or_left_to_the_full_decode(
     except (ValueError, KeyError, TypeError, AttributeError):
         return  # not a valid event: a stream reading it drops it, as the reader would
     assert decoded == session
+
+
+def general_delta(line: bytes) -> Any:
+    """What a stream's general path makes of a line: ``(seq, delta)`` if a text delta."""
+    try:
+        envelope = json.loads(line)["params"]["event"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    payload = envelope.get("payload") if type(envelope) is dict else None
+    event = structure_event(payload if type(payload) is dict else {})
+    seq = envelope.get("seq") if type(envelope) is dict else None
+    return (seq, event.delta) if type(event) is TextDelta and type(seq) is int else None
+
+
+READERS = [text_delta_reader(_stdlib_loads()), text_delta_reader(line_decoder())]
+
+
+@settings(max_examples=400, deadline=None)
+@given(events(), st.integers(0, 10_000), st.binary(min_size=0, max_size=4), st.integers(0, 4))
+def test_a_streams_delta_shortcut_types_a_line_as_the_general_path_does(
+    message: Dict[str, Any], where: int, insert: bytes, delete: int
+) -> None:
+    line = wire(message)
+    at = where % (len(line) + 1)
+    for candidate in (line, line[:at] + insert + line[at + delete :]):
+        expected = general_delta(candidate)
+        for read in READERS:
+            got = read(candidate)
+            assert got is None or got == expected
+    if is_delta(line) and message["params"]["event"]["payload"]["type"] == "text_delta":
+        assert all(read(line) == general_delta(line) for read in READERS)  # exact lines: taken
 
 
 @settings(max_examples=200, deadline=None)

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from typing import Iterator, List
 
 import pytest
@@ -51,6 +52,23 @@ BAD_LINES = {
     ],
     "unknown server notification": [b'{"jsonrpc":"2.0","method":"future/thing","params":{"a":1}}'],
 }
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stdin pipe is sized on Linux only")
+def test_a_long_request_rkat_rpc_cut_and_could_not_parse_fails_at_once(peer_client: MeerkatClient) -> None:
+    # rkat-rpc 0.5.0 drops the first part of a line cut by its 8 KiB reads and answers the
+    # rest with an id-less parse error: only a line longer than PIPE_BUF can be cut here.
+    started = time.monotonic()
+    with pytest.raises(MeerkatError) as lost:
+        peer_client.list_sessions(labels={"lose": "1", "filler": "x" * 6000}, timeout=5)
+    assert lost.value.code == "REQUEST_LOST"
+    assert "send it again" in lost.value.message
+    assert lost.value.details["rpc_code"] == -32700
+    assert time.monotonic() - started < 2.5  # failed by the error, not by the timeout
+    with pytest.raises(MeerkatError) as short:  # a short line cannot be the cut one: no guess
+        peer_client.list_sessions(labels={"lose": "1"}, timeout=0.5)
+    assert short.value.code == "TIMEOUT"
+    assert peer_client.list_sessions() == []
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
