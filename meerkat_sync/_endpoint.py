@@ -56,12 +56,13 @@ OnAnswer = Callable[[Any, Optional[BaseException]], None]
 
 
 class _Pending:
-    __slots__ = ("answer", "method", "ticket")
+    __slots__ = ("answer", "maybe_lost", "method", "ticket")
 
     def __init__(self, method: str, answer: OnAnswer) -> None:
         self.method = method
         self.answer = answer
         self.ticket: Optional[Ticket] = None
+        self.maybe_lost = False  # one of several that rkat-rpc may have cut (see below)
 
 
 class Endpoint:
@@ -164,6 +165,14 @@ class Endpoint:
             pending.answer(None, MeerkatError("NOT_SENT", f"{method} was withdrawn before it was written"))
         elif method in LONG_RUNNING:
             self.notify("cancel", {"request_id": request_id})
+            if pending is not None and pending.maybe_lost:
+                # Perhaps the line rkat-rpc cut: then no answer will ever free its session.
+                # Settle it now, as a failure whose input may be queued (so the session's
+                # next turn first resets the runtime's queue, in case it was not lost).
+                with self._lock:
+                    unanswered = self._pending.pop(request_id, None)
+                if unanswered is not None:
+                    unanswered.answer(None, _lost_error(method, {}, certain=False))
         else:
             self.forget(request_id)
 
@@ -262,6 +271,8 @@ class Endpoint:
             and len(pending.ticket.data) > self.tearable_above
         ]
         if len(suspects) > 1:
+            for request_id in suspects:
+                self._pending[request_id].maybe_lost = True
             log.warning(
                 "rkat-rpc could not parse a request line (%s); it lost one of %d requests "
                 "in flight, which cannot be told apart: their timeouts still hold",
@@ -362,11 +373,18 @@ def _is_parse_error(message: Dict[str, Any]) -> bool:
     return isinstance(error, dict) and error.get("code") == _PARSE_ERROR
 
 
-def _lost_error(method: str, error: Dict[str, Any]) -> MeerkatError:
+def _lost_error(method: str, error: Dict[str, Any], certain: bool = True) -> MeerkatError:
+    if certain:
+        return MeerkatError(
+            "REQUEST_LOST",
+            f"rkat-rpc lost this {method} request and did not run it: it read the line in two "
+            f"pieces and dropped the first ({error.get('message')}), a known rkat-rpc 0.5.0 "
+            "fault for long lines sent while it is writing events; send it again",
+            details={"rpc_code": _PARSE_ERROR, "rpc_message": error.get("message")},
+        )
     return MeerkatError(
         "REQUEST_LOST",
-        f"rkat-rpc lost this {method} request and did not run it: it read the line in two "
-        f"pieces and dropped the first ({error.get('message')}), a known rkat-rpc 0.5.0 fault "
-        "for long lines sent while it is writing events; send it again",
-        details={"rpc_code": _PARSE_ERROR, "rpc_message": error.get("message")},
+        f"this {method} request may be the one rkat-rpc lost (it could not parse a line while "
+        "several long requests were in flight); it was cancelled in case it was not",
+        rpc_code=_PARSE_ERROR,
     )

@@ -6,7 +6,8 @@ verbatim (``{id}`` becomes the request id) before the real response, so tests ca
 anything at all on the wire, through the public API, over a real pipe. ``{"noise": N}``
 first writes a non-JSON line of N bytes, in pieces; ``{"pad": N}`` pads the response
 itself to about N bytes; ``{"lose": ...}`` answers as rkat-rpc 0.5.0 does a request line it
-read cut in two: with a parse error that has no id, and no response.
+read cut in two: with a parse error that has no id, and no response. A ``turn/start``
+answers ``"ok"``, unless its prompt starts with ``hold`` (never answered) or ``lose``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import base64
 import json
 import sys
 from typing import BinaryIO
+
+LOST_LINE = (
+    b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error: expected value at line 1 '
+    b'column 1"},"id":null}\n'
+)
 
 
 def main() -> None:
@@ -27,6 +33,16 @@ def main() -> None:
         if method == "initialize":
             result: object = {"server_info": {"name": "meerkat-rpc", "version": "0.5.0"},
                               "contract_version": "0.5.0", "methods": ["session/list"]}
+        elif method == "turn/start":
+            # A prompt starting "hold" is never answered; "lose" as for labels below.
+            params = message.get("params") or {}
+            prompt = str(params.get("prompt", ""))
+            if prompt.startswith(("hold", "lose")):
+                if prompt.startswith("lose"):
+                    out.write(LOST_LINE)
+                    out.flush()
+                continue
+            result = {"session_id": params.get("session_id"), "text": "ok"}
         elif method == "capabilities/get":
             result = {"contract_version": {"major": 0, "minor": 5, "patch": 0}, "capabilities": []}
         else:
@@ -36,8 +52,7 @@ def main() -> None:
                 out.write(data + b"\n")
             write_noise(out, int(labels.get("noise", "0")))
             if "lose" in labels:
-                out.write(b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error: '
-                          b'expected value at line 1 column 1"},"id":null}\n')
+                out.write(LOST_LINE)
                 out.flush()
                 continue
             result = {"sessions": []}

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from typing import Iterator, List
 
@@ -69,6 +70,33 @@ def test_a_long_request_rkat_rpc_cut_and_could_not_parse_fails_at_once(peer_clie
         peer_client.list_sessions(labels={"lose": "1"}, timeout=0.5)
     assert short.value.code == "TIMEOUT"
     assert peer_client.list_sessions() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stdin pipe is sized on Linux only")
+def test_a_turn_that_may_be_the_lost_one_times_out_without_wedging_its_session() -> None:
+    # Two long turns in flight when rkat-rpc reports a cut line: which one it lost cannot be
+    # told, so neither fails at once; the one that times out must not keep its session's
+    # turn queue busy forever (no answer would ever free it).
+    with MeerkatClient(command=[sys.executable, PEER], request_timeout=5) as client:
+        held = client.session("01a23279-e298-7710-bb69-ac3327171f61")
+        lost = client.session("01a23279-e2a1-7893-b1ca-e548227bb455")
+        held_outcome: List[str] = []
+
+        def hold() -> None:
+            try:
+                held.turn("hold" + "x" * 6000, timeout=4)
+            except MeerkatError as exc:
+                held_outcome.append(exc.code)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        time.sleep(0.3)  # the held turn is written first
+        with pytest.raises(MeerkatError) as timed_out:
+            lost.turn("lose" + "x" * 6000, timeout=1)
+        assert timed_out.value.code == "TIMEOUT"
+        assert lost.turn("again", timeout=3).text == "ok"  # not stuck behind the lost turn
+        holder.join()
+    assert held_outcome == ["TIMEOUT"]  # never answered: its own timeout decided
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
