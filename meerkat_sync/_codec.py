@@ -2,7 +2,7 @@
 
 During a turn almost every line rkat-rpc writes is a ``session/event`` in one exact
 compact form (keys sorted, no spaces). To route one, the reader needs only its session
-and whether it starts or ends a run. ``mid_run_session`` reads both off the bytes: the
+and whether it starts or ends a run. ``mid_run_tail`` reads both off the bytes: the
 session is the last field of every such line, and a run's boundaries are the only events
 whose type starts with ``run_``. Any line not in that form to the letter, and every
 boundary, takes the full decode. The others are decoded only where they are used: by the
@@ -24,20 +24,14 @@ _PAYLOAD = b'","payload":{"delta":"'
 _PAYLOAD_AT = len(EVENT_PREFIX) + 36
 
 
-def mid_run_session(line: bytes) -> Optional[str]:
-    """The session of an event line in the exact 0.5.0 form that neither starts nor ends a
-    run; None for anything else (which the full decode then handles).
-
-    The other fields are not checked: a stream decodes what it reads in full (and drops a
-    line, as the reader would, if it is not JSON after all).
-    """
-    tail = mid_run_tail(line)
-    return None if tail is None else tail_session(tail)
-
-
 def mid_run_tail(line: bytes) -> Optional[bytes]:
-    """``mid_run_session`` without the decode: the bytes that name the session, which lines
-    of one session share (so a reader decodes them once per read, with ``tail_session``)."""
+    """The bytes that name the session of an event line in the exact 0.5.0 form that
+    neither starts nor ends a run; None for anything else (which the full decode handles).
+
+    Lines of one session share their tail, so a reader decodes it once per read, with
+    ``tail_session``. The other fields are not checked: a stream decodes what it reads in
+    full (and drops a line, as the reader would, if it is not JSON after all).
+    """
     if line.startswith(EVENT_PREFIX) and _BOUNDARY not in line:
         tail = line[-_SESSION_AT:]
         if tail.startswith(_SESSION) and tail.endswith(b'"}}'):
@@ -89,7 +83,7 @@ def text_delta_reader(decode: Callable[[bytes], Any]) -> Callable[[bytes], Optio
     """
 
     def read(line: bytes) -> Optional[Tuple[int, str]]:
-        if not line.startswith(_PAYLOAD, _PAYLOAD_AT):
+        if not is_delta(line):
             return None
         try:
             event = decode(line)["params"]["event"]

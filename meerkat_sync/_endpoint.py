@@ -172,7 +172,7 @@ class Endpoint:
                 with self._lock:
                     unanswered = self._pending.pop(request_id, None)
                 if unanswered is not None:
-                    unanswered.answer(None, _lost_error(method, {}, certain=False))
+                    unanswered.answer(None, _maybe_lost_error(method))
         else:
             self.forget(request_id)
 
@@ -373,15 +373,18 @@ def _is_parse_error(message: Dict[str, Any]) -> bool:
     return isinstance(error, dict) and error.get("code") == _PARSE_ERROR
 
 
-def _lost_error(method: str, error: Dict[str, Any], certain: bool = True) -> MeerkatError:
-    if certain:
-        return MeerkatError(
-            "REQUEST_LOST",
-            f"rkat-rpc lost this {method} request and did not run it: it read the line in two "
-            f"pieces and dropped the first ({error.get('message')}), a known rkat-rpc 0.5.0 "
-            "fault for long lines sent while it is writing events; send it again",
-            details={"rpc_code": _PARSE_ERROR, "rpc_message": error.get("message")},
-        )
+def _lost_error(method: str, error: Dict[str, Any]) -> MeerkatError:
+    return MeerkatError(
+        "REQUEST_LOST",
+        f"rkat-rpc lost this {method} request and did not run it: it read the line in two "
+        f"pieces and dropped the first ({error.get('message')}), a known rkat-rpc 0.5.0 "
+        "fault for long lines sent while it is writing events; send it again",
+        details={"rpc_code": _PARSE_ERROR, "rpc_message": error.get("message")},
+    )
+
+
+def _maybe_lost_error(method: str) -> MeerkatError:
+    # rpc_code set: the input may sit in the runtime's queue, so the next turn resets it.
     return MeerkatError(
         "REQUEST_LOST",
         f"this {method} request may be the one rkat-rpc lost (it could not parse a line while "

@@ -6,7 +6,8 @@ reads: the rest of the line then fails as a parse error with no id, and the requ
 never run (docs/real-runtime.rst, "Lost requests"). A line is cut only where a read ends
 inside it. So the stdin pipe is made exactly as large as one such read: whole lines of up
 to ``PIPE_BUF`` bytes go in atomically, the pipe never holds more than the server takes in
-one read, and such a line is never cut. Longer lines can still be (``TEARABLE``).
+one read, and such a line is never cut. Longer lines can still be (``size_pipes`` says
+from what length on).
 
 The stdout pipe is made large instead: when the reader falls behind (many busy runs), its
 next read then takes it all, and each stream gets one larger batch instead of many small

@@ -235,7 +235,7 @@ class EventStream:
     def _envelope(self, item: Any) -> Optional[Dict[str, Any]]:
         if type(item) is dict:
             return item
-        try:  # an undecoded delta line (see _codec.delta_session): decoded only now
+        try:  # an undecoded event line (see _codec.mid_run_tail): decoded only now
             envelope = self._decode(item)["params"]["event"]
         except Exception:
             log.info("skipping a line from rkat-rpc that is not JSON: %.200r", item)

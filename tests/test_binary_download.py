@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -542,7 +543,9 @@ HOLD_LOCK = textwrap.dedent(
 )
 
 
-def _hold_lock(settings: DownloadSettings) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def _lock_held(settings: DownloadSettings) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the cache lock, until the block ends (or it is killed)."""
     entry = cache_entry(settings, LINUX)
     os.makedirs(entry.directory, exist_ok=True)
     temp = os.path.join(entry.directory, f"{TEMP_PREFIX}killed.archive")
@@ -550,9 +553,16 @@ def _hold_lock(settings: DownloadSettings) -> subprocess.Popen[str]:
         [sys.executable, "-c", HOLD_LOCK, entry.lock, temp],
         stdout=subprocess.PIPE, text=True, cwd=str(REPO_ROOT),
     )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
 
 
 def test_stale_lock_of_a_killed_process_does_not_wedge(
@@ -561,16 +571,9 @@ def test_stale_lock_of_a_killed_process_does_not_wedge(
     if not hasattr(signal, "SIGKILL"):
         pytest.skip("needs SIGKILL")
     server.publish(good_archive())
-    holder = _hold_lock(settings)
-    try:
+    with _lock_held(settings) as holder:
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)
-    finally:
-        if holder.poll() is None:  # pragma: no cover
-            holder.kill()
-            holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
     quick = make_settings(Path(settings.cache_root), settings.base_url, settings.verify,
                           lock_timeout=5.0)
     started = time.monotonic()
@@ -583,17 +586,11 @@ def test_lock_timeout_is_a_clear_error(
     server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
 ) -> None:
     server.publish(good_archive())
-    holder = _hold_lock(settings)
-    try:
+    with _lock_held(settings):
         quick = make_settings(Path(settings.cache_root), settings.base_url, settings.verify,
                               lock_timeout=0.5)
         with pytest.raises(MeerkatError) as info:
             resolve(env, quick)
-    finally:
-        holder.kill()
-        holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
     assert info.value.code == "BINARY_LOCK_TIMEOUT"
     assert info.value.details["lock_path"] == cache_entry(settings, LINUX).lock
     assert "MEERKAT_LOCK_TIMEOUT" in info.value.message
@@ -605,14 +602,8 @@ def test_valid_cache_needs_no_lock(
 ) -> None:
     """A read-only fast path: a verified cache entry is used even while the lock is held."""
     seed_cache(settings, LINUX, BINARY)
-    holder = _hold_lock(settings)
-    try:
+    with _lock_held(settings):
         assert resolve(env, settings).source == "cache"
-    finally:
-        holder.kill()
-        holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
 
 
 # --------------------------------------------------------------------------- the deadline
@@ -680,17 +671,11 @@ def test_waiting_for_the_cache_lock_counts_towards_the_deadline(
     server: ReleaseServer, settings: DownloadSettings, env: dict[str, str]
 ) -> None:
     server.publish(good_archive())
-    holder = _hold_lock(settings)  # settings.lock_timeout is 20 s
-    try:
+    with _lock_held(settings):  # settings.lock_timeout is 20 s
         started = time.monotonic()
         with pytest.raises(MeerkatError) as info:
             resolve(env, settings, timeout=1.0)
         assert 1.0 <= time.monotonic() - started < 2.0
-    finally:
-        holder.kill()
-        holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
     assert info.value.code == "BINARY_DOWNLOAD_FAILED"
     assert info.value.details["stage"] == "waiting for the cache lock"
     assert server.archive_hits() == 0

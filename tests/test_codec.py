@@ -1,6 +1,7 @@
 """The undecoded fast path agrees with the full decode, fuzzed with hypothesis.
 
-``mid_run_session`` may only ever be a shortcut: whenever it names a session, the full
+The reader's routing (``mid_run_tail``, read as a session) may only ever be a shortcut:
+whenever it names a session, the full
 decode of that line must be a ``session/event`` of that session whose type neither starts
 nor ends a run (or not JSON at all, which a stream then drops, as the reader would).
 """
@@ -13,7 +14,14 @@ from typing import Any, Dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meerkat_sync._codec import _stdlib_loads, is_delta, line_decoder, mid_run_session, text_delta_reader
+from meerkat_sync._codec import (
+    _stdlib_loads,
+    is_delta,
+    line_decoder,
+    mid_run_tail,
+    tail_session,
+    text_delta_reader,
+)
 from meerkat_sync._converter import structure_event
 from meerkat_sync.events import TextDelta
 
@@ -53,6 +61,12 @@ def events(draw: Any) -> Dict[str, Any]:
         "timestamp_ms": draw(st.integers(0, 2**63 - 1)),
     }
     return {"jsonrpc": "2.0", "method": "session/event", "params": {"event": envelope, "session_id": session}}
+
+
+def mid_run_session(line: bytes) -> Any:
+    """What the reader's routing takes from a line: its session, or None (full decode)."""
+    tail = mid_run_tail(line)
+    return None if tail is None else tail_session(tail)
 
 
 def wire(message: Dict[str, Any]) -> bytes:
