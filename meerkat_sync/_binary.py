@@ -52,6 +52,7 @@ __all__ = [
     "Resolution",
     "cache_entry",
     "describe_resolution",
+    "locate_rkat_rpc",
     "resolve_rkat_rpc",
 ]
 
@@ -425,20 +426,33 @@ def resolve_rkat_rpc(
     return _resolve(rkat_path, env, download, settings, repair=True, timeout=limit)
 
 
+def locate_rkat_rpc(
+    rkat_path: str = DEFAULT_RKAT_PATH,
+    *,
+    environ: Optional[Mapping[str, str]] = None,
+    settings: Optional[DownloadSettings] = None,
+) -> Resolution:
+    """What :func:`resolve_rkat_rpc` would return, without downloading or deleting anything.
+
+    When only a download would find it: ``BINARY_NOT_FOUND`` with ``details["would_download"]``.
+    """
+    env = os.environ if environ is None else environ
+    return _resolve(rkat_path, env, download=False, settings=settings, repair=False)
+
+
 def describe_resolution(
     rkat_path: str = DEFAULT_RKAT_PATH,
     *,
     environ: Optional[Mapping[str, str]] = None,
     settings: Optional[DownloadSettings] = None,
 ) -> str:
-    """Explain, for ``python -m meerkat_sync --which``, what would run and why.
+    """Explain what ``MeerkatClient(rkat_path)`` would run and why (it downloads on first use).
 
     Read-only: never downloads and never deletes. The first line is the path that would run,
     or a line starting with ``rkat-rpc would be downloaded`` / ``error:``.
     """
-    env = os.environ if environ is None else environ
     try:
-        found = _resolve(rkat_path, env, download=False, settings=settings, repair=False)
+        found = locate_rkat_rpc(rkat_path, environ=environ, settings=settings)
     except MeerkatError as exc:
         details = exc.details if isinstance(exc.details, dict) else {}
         plan = details.get("would_download")
