@@ -65,6 +65,8 @@ def _client_closed() -> MeerkatError:
 
 
 T = TypeVar("T")
+# connect() and `with` give back the caller's own class (real_client's has `.model`).
+_Self = TypeVar("_Self", bound="MeerkatClient")
 
 _MOB_METHODS = ("mob/create", "mob/list", "mob/call")
 
@@ -154,7 +156,7 @@ class MeerkatClient:
     # --- lifecycle --------------------------------------------------------------------------
 
     def connect(
-        self,
+        self: _Self,
         *,
         realm_id: Optional[str] = None,
         instance_id: Optional[str] = None,
@@ -164,7 +166,7 @@ class MeerkatClient:
         context_root: Optional[str] = None,
         user_config_root: Optional[str] = None,
         timeout: Timeout = USE_DEFAULT,
-    ) -> MeerkatClient:
+    ) -> _Self:
         """Spawn rkat-rpc, check its contract version and read its capabilities."""
         flags = connect_flags(
             realm_id=realm_id,
@@ -304,7 +306,7 @@ class MeerkatClient:
         if transport is not None:
             transport.close(timeout if timeout is not None else self._close_timeout)
 
-    def __enter__(self) -> MeerkatClient:
+    def __enter__(self: _Self) -> _Self:
         if self._endpoint is None:
             self.connect()
         return self
@@ -331,20 +333,24 @@ class MeerkatClient:
 
     @property
     def capabilities(self) -> List[Capability]:
+        """What this runtime offers (``capabilities/get`` at connect), with each status."""
         return list(self._capabilities)
 
     @property
     def server_version(self) -> Optional[str]:
+        """The version the runtime reported at connect (``"0.5.0"``); None before connect()."""
         info = self._server_info.get("server_info")
         version = info.get("version") if isinstance(info, dict) else None
         return version if isinstance(version, str) else None
 
     def has_capability(self, capability_id: str) -> bool:
+        """Whether a capability is ``Available``, to switch features on or off without failing."""
         if capability_id == "mob":
             return any(m in self._methods for m in _MOB_METHODS)
         return any(c.id == capability_id and c.available for c in self._capabilities)
 
     def require_capability(self, capability_id: str) -> None:
+        """Fail early with :class:`CapabilityUnavailableError` (with the status) if it is missing."""
         if not self.has_capability(capability_id):
             status = next((c.status for c in self._capabilities if c.id == capability_id), "absent")
             raise CapabilityUnavailableError(
@@ -394,12 +400,14 @@ class MeerkatClient:
         offset: Optional[int] = None,
         timeout: Timeout = USE_DEFAULT,
     ) -> List[SessionInfo]:
+        """The realm's sessions that are not archived, optionally only those with all ``labels``."""
         params = list_args(labels, limit, offset)
         reply = self._call("session/list", params, timeout)
         entries = reply.get("sessions") if isinstance(reply, dict) else None
         return [structure(e, SessionInfo) for e in entries or [] if isinstance(e, dict)]
 
     def read_session(self, session_id: str, *, timeout: Timeout = USE_DEFAULT) -> SessionInfo:
+        """One session's metadata, archived ones included; unknown ids raise SessionNotFoundError."""
         params = {"session_id": session_id_arg(session_id)}
         return self._call_typed("session/read", params, SessionInfo, timeout)
 
@@ -416,10 +424,10 @@ class MeerkatClient:
                 "this client was connected in the parent process before a fork; create a new "
                 "MeerkatClient in this process (for gunicorn, in the post_fork hook)",
             )
+        if self._closed:
+            raise _client_closed()
         endpoint, router = self._endpoint, self._router
         if endpoint is None or router is None:
-            if self._closed:
-                raise _client_closed()
             raise MeerkatError(
                 "NOT_CONNECTED",
                 "the client is not connected; call connect() or use `with MeerkatClient() as client:`",

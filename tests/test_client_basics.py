@@ -91,6 +91,25 @@ def test_not_connected_and_closed_states() -> None:
         os.kill(pid, 0)
 
 
+def test_a_call_after_close_says_the_client_is_closed() -> None:
+    c = scripted_client().connect()
+    session = c.create_session("hi")
+    c.close()
+    calls = {
+        "list_sessions": c.list_sessions,
+        "read_session": lambda: c.read_session(session.id),
+        "turn": lambda: session.turn("again"),
+        "stream": lambda: session.stream("again").collect(),
+        "create_session": lambda: c.create_session("new"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(MeerkatError) as info:
+            call()
+        assert info.value.code == "CLIENT_CLOSED", name
+        assert "this client was closed; create a new MeerkatClient" in info.value.message, name
+        assert "waiting" not in info.value.message, name
+
+
 def test_close_wakes_a_waiting_turn_with_client_closed() -> None:
     c = scripted_client().connect()
     session = c.create_session("hi")
@@ -99,6 +118,7 @@ def test_close_wakes_a_waiting_turn_with_client_closed() -> None:
     c.close()
     t.join(5)
     assert [e.code for e in errors] == ["CLIENT_CLOSED"]
+    assert "closed while this call was waiting" in errors[0].message
     assert time.monotonic() - started < 5
 
 
