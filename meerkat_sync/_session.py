@@ -45,34 +45,42 @@ class Session:
 
     @property
     def id(self) -> str:
+        """The session id: keep it (e.g. in a web session) to come back with ``client.session(id)``."""
         return self._id
 
     @property
     def ref(self) -> Optional[str]:
+        """``"<realm>:<session_id>"``, the realm-qualified id; None until the runtime sent it."""
         return self._ref
 
     @property
     def last_result(self) -> Optional[RunResult]:
+        """The :class:`RunResult` of the latest finished run of this object; None before one."""
         return self._last_result
 
     @property
     def text(self) -> str:
+        """The final text of the latest finished run (``""`` before one)."""
         return self._last_result.text if self._last_result is not None else ""
 
     @property
     def usage(self) -> Usage:
+        """Token usage reported by the latest run: the session's running total, not one turn's."""
         return self._last_result.usage if self._last_result is not None else Usage()
 
     @property
     def turns(self) -> int:
+        """How many model calls the latest run made (one tool round trip makes two)."""
         return self._last_result.turns if self._last_result is not None else 0
 
     @property
     def tool_calls(self) -> int:
+        """How many tool calls the latest run made."""
         return self._last_result.tool_calls if self._last_result is not None else 0
 
     @property
     def structured_output(self) -> Any:
+        """The latest run's parsed JSON for sessions created with ``output_schema``; else None."""
         return self._last_result.structured_output if self._last_result is not None else None
 
     def _record(self, result: RunResult) -> None:

@@ -102,6 +102,11 @@ class EventStream:
 
     @property
     def result(self) -> RunResult:
+        """The run's :class:`RunResult`, once the stream is consumed.
+
+        Before that it raises ``STREAM_NOT_CONSUMED``; so does a failed run, whose error was
+        raised from the iteration instead.
+        """
         if self._result is None:
             raise MeerkatError(
                 "STREAM_NOT_CONSUMED",

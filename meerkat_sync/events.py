@@ -83,6 +83,10 @@ def _variant(tag: str) -> Callable[[Type[_E]], Type[_E]]:
 @_variant("run_started")
 @attrs.frozen
 class RunStarted(Event):
+    """A run began: always its first event. ``prompt`` is the prompt as the runtime
+    rendered it (the client matches it to the waiting turn).
+    """
+
     session_id: str = ""
     prompt: str = ""
 
@@ -90,6 +94,10 @@ class RunStarted(Event):
 @_variant("run_completed")
 @attrs.frozen
 class RunCompleted(Event):
+    """The run succeeded: ``result`` is its final text, ``usage`` the session's running
+    total (not this run's).
+    """
+
     session_id: str = ""
     result: str = ""
     usage: Usage = attrs.Factory(Usage)
@@ -98,6 +106,10 @@ class RunCompleted(Event):
 @_variant("run_failed")
 @attrs.frozen
 class RunFailed(Event):
+    """The run failed with ``error`` (the runtime's text); a stream yields it, then raises the
+    matching :class:`~meerkat_sync.MeerkatError`.
+    """
+
     session_id: str = ""
     error: str = ""
 
@@ -108,6 +120,8 @@ class RunFailed(Event):
 @_variant("hook_started")
 @attrs.frozen
 class HookStarted(Event):
+    """A configured hook began running at hook point ``point`` (e.g. ``pre_tool_execution``)."""
+
     hook_id: str = ""
     point: str = ""
 
@@ -115,6 +129,8 @@ class HookStarted(Event):
 @_variant("hook_completed")
 @attrs.frozen
 class HookCompleted(Event):
+    """A hook finished at ``point`` after ``duration_ms`` and let the run go on."""
+
     hook_id: str = ""
     point: str = ""
     duration_ms: int = 0
@@ -123,6 +139,8 @@ class HookCompleted(Event):
 @_variant("hook_failed")
 @attrs.frozen
 class HookFailed(Event):
+    """A hook itself failed (rather than denying anything); ``error`` says why."""
+
     hook_id: str = ""
     point: str = ""
     error: str = ""
@@ -131,6 +149,10 @@ class HookFailed(Event):
 @_variant("hook_denied")
 @attrs.frozen
 class HookDenied(Event):
+    """A hook refused an action at ``point``: ``reason_code`` and ``message`` say why,
+    ``payload`` is the hook's extra data. A denied run fails with ``HOOK_DENIED``.
+    """
+
     hook_id: str = ""
     point: str = ""
     reason_code: str = ""
@@ -141,6 +163,10 @@ class HookDenied(Event):
 @_variant("hook_rewrite_applied")
 @attrs.frozen
 class HookRewriteApplied(Event):
+    """A hook changed the run in place (model request settings, the reply text, tool
+    arguments or results, the final text); ``patch`` is the change it applied.
+    """
+
     hook_id: str = ""
     point: str = ""
     patch: Dict[str, Any] = attrs.Factory(dict)
@@ -149,6 +175,10 @@ class HookRewriteApplied(Event):
 @_variant("hook_patch_published")
 @attrs.frozen
 class HookPatchPublished(Event):
+    """A background hook published a patch for later consumers; ``envelope`` holds it as
+    the runtime sent it.
+    """
+
     hook_id: str = ""
     point: str = ""
     envelope: Dict[str, Any] = attrs.Factory(dict)
@@ -168,30 +198,44 @@ class TurnStarted(Event):
 @_variant("reasoning_delta")
 @attrs.frozen
 class ReasoningDelta(Event):
+    """A piece of the model's reasoning (thinking) text, streamed before its answer."""
+
     delta: str = ""
 
 
 @_variant("reasoning_complete")
 @attrs.frozen
 class ReasoningComplete(Event):
+    """The full reasoning text of one reasoning block, after its deltas."""
+
     content: str = ""
 
 
 @_variant("text_delta")
 @attrs.frozen
 class TextDelta(Event):
+    """A piece of the answer as it streams. Join the ``delta`` values in order for the text,
+    or use :meth:`~meerkat_sync.EventStream.collect_text`.
+    """
+
     delta: str = ""
 
 
 @_variant("text_complete")
 @attrs.frozen
 class TextComplete(Event):
+    """The full text of one model call, after its deltas (not sent for an empty text)."""
+
     content: str = ""
 
 
 @_variant("tool_call_requested")
 @attrs.frozen
 class ToolCallRequested(Event):
+    """The model asked for a tool: ``name`` with ``args``; ``id`` ties together the later
+    events of this call.
+    """
+
     id: str = ""
     name: str = ""
     args: Any = None
@@ -200,6 +244,8 @@ class ToolCallRequested(Event):
 @_variant("tool_result_received")
 @attrs.frozen
 class ToolResultReceived(Event):
+    """A tool call's result went back into the conversation; ``is_error`` if the tool failed."""
+
     id: str = ""
     name: str = ""
     is_error: bool = False
@@ -208,6 +254,10 @@ class ToolResultReceived(Event):
 @_variant("turn_completed")
 @attrs.frozen
 class TurnCompleted(Event):
+    """One model call finished with ``stop_reason``; ``usage`` is that call's tokens only.
+    A model call that asks for tools sends none on rkat-rpc 0.5.0.
+    """
+
     stop_reason: str = ""
     usage: Usage = attrs.Factory(Usage)
 
@@ -218,6 +268,8 @@ class TurnCompleted(Event):
 @_variant("tool_execution_started")
 @attrs.frozen
 class ToolExecutionStarted(Event):
+    """The runtime started running the tool call ``id``."""
+
     id: str = ""
     name: str = ""
 
@@ -225,6 +277,10 @@ class ToolExecutionStarted(Event):
 @_variant("tool_execution_completed")
 @attrs.frozen
 class ToolExecutionCompleted(Event):
+    """A tool call finished: ``result`` is its output as text, ``is_error`` if it failed,
+    ``has_images`` if the output also holds images.
+    """
+
     id: str = ""
     name: str = ""
     result: str = ""
@@ -236,6 +292,8 @@ class ToolExecutionCompleted(Event):
 @_variant("tool_execution_timed_out")
 @attrs.frozen
 class ToolExecutionTimedOut(Event):
+    """A tool call ran longer than ``timeout_ms`` and was given up."""
+
     id: str = ""
     name: str = ""
     timeout_ms: int = 0
@@ -247,6 +305,8 @@ class ToolExecutionTimedOut(Event):
 @_variant("compaction_started")
 @attrs.frozen
 class CompactionStarted(Event):
+    """The history grew too large for the model's context and is being summarised."""
+
     input_tokens: int = 0
     estimated_history_tokens: int = 0
     message_count: int = 0
@@ -255,6 +315,10 @@ class CompactionStarted(Event):
 @_variant("compaction_completed")
 @attrs.frozen
 class CompactionCompleted(Event):
+    """History compaction is done: ``messages_before`` messages became ``messages_after``,
+    with a summary of ``summary_tokens`` tokens.
+    """
+
     summary_tokens: int = 0
     messages_before: int = 0
     messages_after: int = 0
@@ -263,12 +327,20 @@ class CompactionCompleted(Event):
 @_variant("compaction_failed")
 @attrs.frozen
 class CompactionFailed(Event):
+    """History compaction failed with ``error``; the run goes on with the full history."""
+
     error: str = ""
 
 
 @_variant("budget_warning")
 @attrs.frozen
 class BudgetWarning(Event):
+    """A session budget (``budget_type``: tokens, time or tool calls) is ``percent`` used.
+
+    At 1.0 a token or tool-call budget ends the run successfully (with an empty ``text``);
+    a spent time budget fails it with ``BUDGET_EXHAUSTED``.
+    """
+
     budget_type: str = ""
     used: int = 0
     limit: int = 0
@@ -278,6 +350,10 @@ class BudgetWarning(Event):
 @_variant("retrying")
 @attrs.frozen
 class Retrying(Event):
+    """The runtime is retrying after ``error``: attempt ``attempt`` of ``max_attempts``, in
+    ``delay_ms``.
+    """
+
     attempt: int = 0
     max_attempts: int = 0
     error: str = ""
@@ -290,6 +366,10 @@ class Retrying(Event):
 @_variant("skills_resolved")
 @attrs.frozen
 class SkillsResolved(Event):
+    """The skills of this turn were resolved: ``skills`` lists their ids, ``injection_bytes``
+    is how much text they add to the prompt.
+    """
+
     skills: List[str] = attrs.Factory(list)
     injection_bytes: int = 0
 
@@ -297,6 +377,8 @@ class SkillsResolved(Event):
 @_variant("skill_resolution_failed")
 @attrs.frozen
 class SkillResolutionFailed(Event):
+    """The skill ``reference`` could not be resolved; ``error`` says why."""
+
     reference: str = ""
     error: str = ""
 
@@ -304,6 +386,8 @@ class SkillResolutionFailed(Event):
 @_variant("interaction_complete")
 @attrs.frozen
 class InteractionComplete(Event):
+    """A comms interaction (a message exchange with another agent) ended with ``result``."""
+
     interaction_id: str = ""
     result: str = ""
 
@@ -311,6 +395,8 @@ class InteractionComplete(Event):
 @_variant("interaction_failed")
 @attrs.frozen
 class InteractionFailed(Event):
+    """A comms interaction (a message exchange with another agent) failed with ``error``."""
+
     interaction_id: str = ""
     error: str = ""
 
@@ -330,6 +416,10 @@ class StreamTruncated(Event):
 
 @attrs.frozen
 class ToolConfigChangedPayload:
+    """What changed in a :class:`ToolConfigChanged`: the ``operation`` on ``target``, its
+    ``status``, whether it was ``persisted``, and from which turn it applies.
+    """
+
     operation: str = ""
     target: str = ""
     status: str = ""
@@ -340,6 +430,10 @@ class ToolConfigChangedPayload:
 @_variant("tool_config_changed")
 @attrs.frozen
 class ToolConfigChanged(Event):
+    """The session's live tool configuration changed (a tool was added, removed or
+    reconfigured); ``payload`` says how.
+    """
+
     payload: ToolConfigChangedPayload = attrs.Factory(ToolConfigChangedPayload)
 
 

@@ -64,6 +64,10 @@ class Usage:
 
 @attrs.frozen
 class SchemaWarning:
+    """A warning from adapting the ``output_schema`` to ``provider``'s dialect: the part at
+    ``path`` it cannot express as given, and why.
+    """
+
     provider: str = ""
     path: str = ""
     message: str = ""
@@ -71,6 +75,8 @@ class SchemaWarning:
 
 @attrs.frozen
 class SourceHealthSnapshot:
+    """How healthy a skill source is: ``state``, and how many of its skills failed to load."""
+
     state: str = ""
     invalid_ratio: float = 0.0
     invalid_count: int = 0
@@ -81,6 +87,10 @@ class SourceHealthSnapshot:
 
 @attrs.frozen
 class SkillQuarantineDiagnostic:
+    """One skill the runtime set aside because it failed to load, where it came from, and
+    when that was first and last seen.
+    """
+
     source_uuid: str = ""
     skill_id: str = ""
     location: str = ""
@@ -93,6 +103,8 @@ class SkillQuarantineDiagnostic:
 
 @attrs.frozen
 class SkillRuntimeDiagnostics:
+    """The skill system's health after a run (:attr:`RunResult.skill_diagnostics`)."""
+
     source_health: SourceHealthSnapshot = attrs.Factory(SourceHealthSnapshot)
     quarantined: List[SkillQuarantineDiagnostic] = attrs.Factory(list)
 
@@ -101,14 +113,23 @@ class SkillRuntimeDiagnostics:
 class RunResult:
     """The outcome of one run: a ``session/create`` first turn or a ``turn/start``."""
 
+    #: The session the run belongs to.
     session_id: str
+    #: The final answer (with an ``output_schema``: the JSON text of the structured output).
     text: str = ""
+    #: Model calls the run made; a tool round trip or a structured-output extraction adds one.
     turns: int = 0
+    #: Tool calls the run made.
     tool_calls: int = 0
+    #: The session's running token total as rkat-rpc reports it, not this run's alone.
     usage: Usage = attrs.Factory(Usage)
+    #: ``"<realm>:<session_id>"``.
     session_ref: Optional[str] = None
+    #: The parsed value for an ``output_schema`` session, else None.
     structured_output: Any = None
+    #: What the provider could not express of the ``output_schema``, if anything.
     schema_warnings: Optional[List[SchemaWarning]] = None
+    #: The skill system's health, sent with most 0.5.0 results.
     skill_diagnostics: Optional[SkillRuntimeDiagnostics] = None
 
 
@@ -143,6 +164,7 @@ class Capability:
 
     @property
     def available(self) -> bool:
+        """True when the runtime offers the capability (``status == "Available"``)."""
         return self.status == "Available"
 
 
@@ -169,6 +191,8 @@ class AssistantBlock:
 
 @attrs.frozen
 class TextBlock(AssistantBlock):
+    """Answer text inside a :class:`BlockAssistantMessage`."""
+
     block_type: ClassVar[str] = "text"
     text: str = ""
     meta: Optional[Dict[str, Any]] = None
@@ -176,6 +200,10 @@ class TextBlock(AssistantBlock):
 
 @attrs.frozen
 class ReasoningBlock(AssistantBlock):
+    """The model's reasoning (thinking) inside a :class:`BlockAssistantMessage`; ``meta``
+    holds its provider signature.
+    """
+
     block_type: ClassVar[str] = "reasoning"
     text: str = ""
     meta: Optional[Dict[str, Any]] = None
@@ -183,6 +211,8 @@ class ReasoningBlock(AssistantBlock):
 
 @attrs.frozen
 class ToolUseBlock(AssistantBlock):
+    """A tool call the model made, inside a :class:`BlockAssistantMessage`."""
+
     block_type: ClassVar[str] = "tool_use"
     id: str = ""
     name: str = ""
@@ -200,6 +230,8 @@ class UnknownBlock(AssistantBlock):
 
 @attrs.frozen
 class ToolCall:
+    """A tool call in the older :class:`AssistantMessage` form."""
+
     id: str = ""
     name: str = ""
     args: Any = None
@@ -207,6 +239,8 @@ class ToolCall:
 
 @attrs.frozen
 class ToolResult:
+    """One tool's answer in a :class:`ToolResultsMessage`; ``tool_use_id`` names the call."""
+
     tool_use_id: str = ""
     content: Content = ""
     is_error: bool = False
@@ -221,12 +255,18 @@ class SessionMessage:
 
 @attrs.frozen
 class SystemMessage(SessionMessage):
+    """The system prompt, first in every history (and counted in ``message_count``)."""
+
     role: ClassVar[str] = "system"
     content: str = ""
 
 
 @attrs.frozen
 class UserMessage(SessionMessage):
+    """What the user sent: a string or a list of content blocks (images come back as
+    ``sha256:`` blob references).
+    """
+
     role: ClassVar[str] = "user"
     content: Content = ""
 
@@ -243,17 +283,22 @@ class AssistantMessage(SessionMessage):
 
 @attrs.frozen
 class BlockAssistantMessage(SessionMessage):
+    """An assistant reply as typed blocks (text, reasoning, tool use): the form 0.5.0 sends."""
+
     role: ClassVar[str] = "block_assistant"
     blocks: List[AssistantBlock] = attrs.Factory(list)
     stop_reason: Optional[str] = None
 
     @property
     def text(self) -> str:
+        """The reply's text blocks joined, without reasoning or tool calls."""
         return "".join(b.text for b in self.blocks if isinstance(b, TextBlock))
 
 
 @attrs.frozen
 class ToolResultsMessage(SessionMessage):
+    """The results of the tool calls of the preceding assistant message."""
+
     role: ClassVar[str] = "tool_results"
     results: List[ToolResult] = attrs.Factory(list)
 

@@ -59,6 +59,7 @@ class RecordedRequest:
 
     @property
     def model(self) -> Optional[str]:
+        """The ``model`` the runtime asked for (e.g. ``claude-opus-4-6``), if any."""
         return self.body.get("model") if isinstance(self.body, dict) else None
 
     @property
@@ -68,16 +69,19 @@ class RecordedRequest:
 
     @property
     def messages(self) -> List[JsonDict]:
+        """The conversation the runtime sent, in Anthropic's ``messages`` shape."""
         messages = self.body.get("messages") if isinstance(self.body, dict) else None
         return messages if isinstance(messages, list) else []
 
     @property
     def tools(self) -> List[JsonDict]:
+        """The tool definitions the runtime offered the model."""
         tools = self.body.get("tools") if isinstance(self.body, dict) else None
         return tools if isinstance(tools, list) else []
 
     @property
     def tool_names(self) -> List[str]:
+        """The names of :attr:`tools`, to assert which tools a session offers."""
         return [str(t.get("name")) for t in self.tools if isinstance(t, dict)]
 
     @property
@@ -217,6 +221,7 @@ class ModelEndpoint:
             return list(self._requests)
 
     def clear(self) -> None:
+        """Forget the requests recorded so far, so a test can look at the next ones only."""
         with self._lock:
             self._requests.clear()
 

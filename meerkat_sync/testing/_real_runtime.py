@@ -51,6 +51,7 @@ class RealRuntimeClient(MeerkatClient):
         self._owns_model = owns_model
 
     def close(self, timeout: Optional[float] = None) -> None:
+        """Stop rkat-rpc, then the endpoint and the temporary directory this client made."""
         try:
             super().close(timeout)
         finally:
