@@ -210,8 +210,8 @@ class MeerkatClient:
         router = EventRouter()
         transport: Transport
 
-        def send(data: bytes) -> Ticket:
-            return transport.send(data)
+        def send(ticket: Ticket) -> None:
+            transport.send(ticket)
 
         def drop(ticket: Ticket) -> bool:
             return transport.drop(ticket)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from ._codec import encode, line_decoder
 from ._deadline import Slot
-from ._writer import QUEUED, Ticket
+from ._writer import WRITING, WRITTEN, Ticket
 from .errors import MeerkatError, error_from_rpc
 
 log = logging.getLogger("meerkat_sync")
@@ -44,7 +44,7 @@ class Events(Protocol):
     def route_lines(self, lines: List[bytes], start: int) -> int: ...
 
 
-Sender = Callable[[bytes], Ticket]
+Sender = Callable[[Ticket], None]
 Dropper = Callable[[Ticket], bool]
 
 #: The id near the start of a response; a notification or request names its method first.
@@ -123,6 +123,8 @@ class Endpoint:
                 raise MeerkatError(
                     "INVALID_ARGS", f"{method} arguments cannot be sent as JSON: {exc}"
                 ) from None
+            # The ticket is known before a byte is written: the answer may come at once.
+            pending.ticket = Ticket(data)
             with self._lock:
                 if self._closed is not None:  # fail_all ran while we encoded
                     raise self._closed
@@ -130,7 +132,7 @@ class Endpoint:
             try:
                 if before_send is not None:
                     before_send(request_id)
-                pending.ticket = self._send(data)
+                self._send(pending.ticket)
             except BaseException:
                 self.forget(request_id)
                 raise
@@ -139,7 +141,7 @@ class Endpoint:
     def notify(self, method: str, params: Mapping[str, Any]) -> None:
         """Fire-and-forget; a dead connection is not an error here (used for cleanup)."""
         try:
-            self._send(encode({"jsonrpc": "2.0", "method": method, "params": params}))
+            self._send(Ticket(encode({"jsonrpc": "2.0", "method": method, "params": params})))
         except MeerkatError as exc:
             log.debug("could not send %s notification: %s", method, exc)
 
@@ -245,6 +247,9 @@ class Endpoint:
                 log.debug("discarding a response to unknown or abandoned request %r", request_id)
             return
         if lost is not None:
+            if lost.ticket is not None:
+                # Taken back if it had not started after all: then it will certainly never run.
+                self._drop(lost.ticket)
             pending.answer(None, _lost_error(pending.method, message["error"]))
         elif "error" in message:
             pending.answer(None, error_from_rpc(message["error"]))
@@ -267,7 +272,7 @@ class Endpoint:
             request_id
             for request_id, pending in self._pending.items()
             if pending.ticket is not None
-            and pending.ticket.state != QUEUED
+            and pending.ticket.state in (WRITING, WRITTEN)
             and len(pending.ticket.data) > self.tearable_above
         ]
         if len(suspects) > 1:
@@ -326,7 +331,7 @@ class Endpoint:
                 }
             )
         try:
-            self._send(data)
+            self._send(Ticket(data))
         except MeerkatError as exc:
             log.debug("could not answer server request %s: %s", method, exc)
 

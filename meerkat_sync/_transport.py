@@ -129,15 +129,13 @@ class Transport:
     def stderr_tail(self) -> List[str]:
         return list(self._stderr_tail)
 
-    def send(self, data: bytes) -> Ticket:
+    def send(self, ticket: Ticket) -> None:
         """Queue one encoded line; raises ``CONNECTION_CLOSED`` if the child cannot take it."""
         writer = self._writer
         if writer is None:
             raise MeerkatError("NOT_CONNECTED", "the client is not connected; call connect() first")
-        ticket = writer.submit(data)
-        if ticket is None:
+        if not writer.submit(ticket):
             raise closed_error(self._exit_info(wait=1.0))
-        return ticket
 
     def drop(self, ticket: Ticket) -> bool:
         """Take back a line that was not started; True if it will never be written."""

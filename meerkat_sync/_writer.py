@@ -55,29 +55,33 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, data: bytes) -> Optional[Ticket]:
-        """Send a line (now if the pipe has room); None when the pipe is broken or closing."""
-        ticket = Ticket(data)
+    def submit(self, ticket: Ticket) -> bool:
+        """Send a line (now if the pipe has room); False when the pipe is broken or closing."""
         with self._cond:
             if self.error is not None or self._finishing:
-                return None
+                return False
             if self._direct and not self._queue and not self._busy and self._write_some(ticket):
-                return ticket
+                return True
             self._queue.append(ticket)
             self._cond.notify()
-            return ticket
+            return True
 
     def _write_some(self, ticket: Ticket) -> bool:
-        """Write what the pipe takes now (lock held); True when the whole line is out."""
+        """Write what the pipe takes now (lock held); True when the whole line is out.
+
+        WRITING is set before the write: the child may read and answer the bytes before
+        this thread runs again, and the endpoint must already see the line as sent.
+        """
+        ticket.state = WRITING
         try:
             ticket.sent += os.write(self._fd, memoryview(ticket.data)[ticket.sent :])
         except BlockingIOError:
+            if not ticket.sent:
+                ticket.state = QUEUED  # the pipe was full: not a byte went out
             return False
         except OSError as exc:
             self._broken(exc)
             return True  # nothing more will be written; the reader reports why
-        if ticket.sent:
-            ticket.state = WRITING
         if ticket.sent == len(ticket.data):
             ticket.state = WRITTEN
             return True

@@ -23,9 +23,6 @@ from webapps.harness import (
     write_apps,
 )
 
-pytest.importorskip("django")
-pytest.importorskip("gunicorn")
-
 APP = "django_app:application"
 
 

@@ -28,9 +28,6 @@ from webapps.harness import (
     write_apps,
 )
 
-pytest.importorskip("flask")
-pytest.importorskip("gunicorn")
-
 needs_proc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes in /proc")
 
 CONF = ("-c", "gunicorn_conf.py")  # the documented settings: one worker, eight threads

@@ -73,6 +73,33 @@ def test_a_long_request_rkat_rpc_cut_and_could_not_parse_fails_at_once(peer_clie
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stdin pipe is sized on Linux only")
+def test_a_lost_request_is_recognised_however_soon_the_child_answers(peer_client: MeerkatClient) -> None:
+    # Busy threads make the writing thread wait for the GIL right after its write, so the
+    # child's parse error is routed before the write returns: the line must already count
+    # as sent. (Without that, about one call in five here timed out instead.)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
+    for thread in spinners:
+        thread.start()
+    codes: List[str] = []
+    try:
+        for _ in range(40):
+            with pytest.raises(MeerkatError) as lost:
+                peer_client.list_sessions(labels={"lose": "1", "filler": "x" * 6000}, timeout=2)
+            codes.append(lost.value.code)
+    finally:
+        stop.set()
+        for thread in spinners:
+            thread.join()
+    assert codes == ["REQUEST_LOST"] * 40, codes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the stdin pipe is sized on Linux only")
 def test_a_turn_that_may_be_the_lost_one_times_out_without_wedging_its_session() -> None:
     # Two long turns in flight when rkat-rpc reports a cut line: which one it lost cannot be
     # told, so neither fails at once; the one that times out must not keep its session's
