@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 import warnings
+from typing import List
 
 import pytest
 from conftest import fake, hang_in_background
@@ -120,6 +122,46 @@ def test_close_wakes_a_waiting_turn_with_client_closed() -> None:
     assert [e.code for e in errors] == ["CLIENT_CLOSED"]
     assert "closed while this call was waiting" in errors[0].message
     assert time.monotonic() - started < 5
+
+
+def test_close_settles_every_waiting_turn_before_it_cancels_them() -> None:
+    # close() also cancels the turns on the server; the cancel's answer
+    # (REQUEST_CANCELLED) must never reach a waiter first, even when busy threads delay
+    # close() between the two. (When the cancels went first, most rounds here failed.)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
+    for thread in spinners:
+        thread.start()
+    try:
+        for _ in range(3):
+            c = scripted_client().connect()
+            codes: List[str] = []
+
+            def wait(session: Session, codes: List[str]) -> None:
+                try:
+                    session.turn(fake(hang=True))
+                except MeerkatError as exc:
+                    codes.append(exc.code)
+
+            waiters = [
+                threading.Thread(target=wait, args=(c.create_session("hi"), codes)) for _ in range(32)
+            ]
+            for thread in waiters:
+                thread.start()
+            time.sleep(0.5)  # every turn has been sent
+            c.close()
+            for thread in waiters:
+                thread.join(10)
+            assert codes == ["CLIENT_CLOSED"] * 32
+    finally:
+        stop.set()
+        for thread in spinners:
+            thread.join()
 
 
 def test_create_session_turn_and_session_state(client: MeerkatClient) -> None:
