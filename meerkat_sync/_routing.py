@@ -126,7 +126,8 @@ class RunSink:
         """Queue one event (an envelope, or an undecoded line); the router's lock is held."""
         self.started = True
         if self.deliver:
-            if self.pushed - self.taken >= self.limit and (
+            # What this read collected counts too: one read can bring a whole run.
+            if self.pushed + len(self.pending) - self.taken >= self.limit and (
                 kind in _DROPPABLE if type(item) is not bytes else is_delta(item)
             ):
                 # The consumer fell behind: drop the newest deltas, never block the reader.

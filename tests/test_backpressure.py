@@ -7,6 +7,7 @@ import time
 from conftest import fake
 
 from meerkat_sync import StreamTruncated, TextDelta
+from meerkat_sync._routing import RUN_END, RunSink
 from meerkat_sync.testing import scripted_client
 
 
@@ -21,7 +22,13 @@ def test_overflow_drops_newest_and_reports_the_count_then_delivers_the_result() 
             assert first.type == "run_started"
             # Stall while the whole run arrives; another session is served meanwhile.
             assert other.turn(fake(chunks=["unaffected"])).text == "unaffected"
-            time.sleep(0.5)
+            # No public signal says the run has been routed, and a sleep is not enough on a
+            # loaded machine: wait for the stream's sink to take the run's terminal event.
+            sink = stream._handle.sink  # type: ignore[union-attr]
+            deadline = time.monotonic() + 60
+            while not sink.run_ended:
+                assert time.monotonic() < deadline, "the scripted run never ended"
+                time.sleep(0.02)
             events = list(stream)
         truncated = [e for e in events if isinstance(e, StreamTruncated)]
         received = [e for e in events if not isinstance(e, StreamTruncated)]
@@ -39,6 +46,23 @@ def test_overflow_drops_newest_and_reports_the_count_then_delivers_the_result() 
                 gap = chunks.index(after.delta) - chunks.index(before.delta)
                 assert gap == 1 or events.index(after) - events.index(before) == 2
         assert stream.result.text == "".join(chunks)  # the result is complete regardless
+
+
+def test_a_whole_run_in_one_read_is_bounded_too() -> None:
+    # On a loaded machine a run can reach the reader in a single read; the bound holds
+    # within it, not only across reads (it used to let a whole read through).
+    sink = RunSink(prompt_key=None, deliver=True, session_id=None, limit=50)
+    sink.push({"payload": {"type": "run_started"}}, "run_started", False)
+    for k in range(400):
+        sink.push({"payload": {"type": "text_delta", "delta": f"{k} "}}, "text_delta", False)
+    sink.push({"payload": {"type": "run_completed"}}, "run_completed", True)
+    sink.hand_over()
+    batch = sink.items.get_nowait()
+    kept = [item for item in batch if isinstance(item, dict) and item["payload"]["type"] == "text_delta"]
+    notes = [item["payload"] for item in batch if isinstance(item, dict)
+             and item["payload"]["type"] == "stream_truncated"]
+    assert len(kept) == 49 and [n["dropped"] for n in notes] == [351]
+    assert batch[-1] is RUN_END and len(batch) == 1 + 49 + 1 + 1 + 1  # started, kept, note, end
 
 
 def test_the_default_buffer_holds_a_normal_burst() -> None:
