@@ -29,6 +29,30 @@ def fake(**spec: Any) -> str:
     return "fake:" + json.dumps(spec)
 
 
+@contextlib.contextmanager
+def busy_threads(count: int = 3) -> Iterator[None]:
+    """Threads that spin for the GIL, so a thread that releases it waits to get it back.
+
+    That widens the races between the writer, the reader and callers that a quiet machine
+    never shows (found by CI running several suites at once).
+    """
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(count)]
+    for thread in spinners:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in spinners:
+            thread.join()
+
+
 def hang_in_background(session: Session) -> Tuple[threading.Thread, List[MeerkatError]]:
     """Start a never-ending turn on another thread; the list gets its error when it fails."""
     errors: List[MeerkatError] = []

@@ -10,7 +10,7 @@ import warnings
 from typing import List
 
 import pytest
-from conftest import fake, hang_in_background
+from conftest import busy_threads, fake, hang_in_background
 
 from meerkat_sync import (
     CONTRACT_VERSION,
@@ -128,16 +128,7 @@ def test_close_settles_every_waiting_turn_before_it_cancels_them() -> None:
     # close() also cancels the turns on the server; the cancel's answer
     # (REQUEST_CANCELLED) must never reach a waiter first, even when busy threads delay
     # close() between the two. (When the cancels went first, most rounds here failed.)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            pass
-
-    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
-    for thread in spinners:
-        thread.start()
-    try:
+    with busy_threads():
         for _ in range(3):
             c = scripted_client().connect()
             codes: List[str] = []
@@ -158,10 +149,6 @@ def test_close_settles_every_waiting_turn_before_it_cancels_them() -> None:
             for thread in waiters:
                 thread.join(10)
             assert codes == ["CLIENT_CLOSED"] * 32
-    finally:
-        stop.set()
-        for thread in spinners:
-            thread.join()
 
 
 def test_create_session_turn_and_session_state(client: MeerkatClient) -> None:

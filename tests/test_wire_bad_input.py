@@ -12,6 +12,7 @@ import time
 from typing import Iterator, List
 
 import pytest
+from conftest import busy_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -77,25 +78,12 @@ def test_a_lost_request_is_recognised_however_soon_the_child_answers(peer_client
     # Busy threads make the writing thread wait for the GIL right after its write, so the
     # child's parse error is routed before the write returns: the line must already count
     # as sent. (Without that, about one call in five here timed out instead.)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            pass
-
-    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
-    for thread in spinners:
-        thread.start()
     codes: List[str] = []
-    try:
+    with busy_threads():
         for _ in range(40):
             with pytest.raises(MeerkatError) as lost:
                 peer_client.list_sessions(labels={"lose": "1", "filler": "x" * 6000}, timeout=2)
             codes.append(lost.value.code)
-    finally:
-        stop.set()
-        for thread in spinners:
-            thread.join()
     assert codes == ["REQUEST_LOST"] * 40, codes
 
 
