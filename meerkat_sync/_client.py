@@ -296,13 +296,12 @@ class MeerkatClient:
         if self._forked:
             return  # the child process belongs to the parent: never signal or wait for it
         error = MeerkatError("CLIENT_CLOSED", "the client was closed while this call was waiting")
-        running = endpoint.pending_long_running() if endpoint is not None else {}
-        # Every waiter is settled first, so none sees the answer to the cancel sent below.
         if endpoint is not None:
+            running = endpoint.pending_long_running()
+            # Every waiter is settled first, so none sees the answer to the cancels below.
             endpoint.fail_all(error)
-        if router is not None:
-            router.fail_all(error)
-        if endpoint is not None:
+            if router is not None:
+                router.fail_all(error)
             # Cancelled turns let the server's EOF shutdown finish at once (§1.5).
             for request_id in running:
                 endpoint.notify("cancel", {"request_id": request_id})

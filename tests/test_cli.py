@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 import pytest
-
-from meerkat_sync.testing import fake_rkat_command
+from _binary_support import stand_in_script
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "meerkat-sync"
 REAL_BIN = os.environ.get("MEERKAT_BIN_PATH")
@@ -49,8 +48,10 @@ def script(path: Path, body: str) -> Path:
 
 def fake_binary(tmp_path: Path) -> Path:
     """The scripted runtime as an executable file, as a user would point MEERKAT_BIN_PATH at one."""
-    argv = " ".join(f"'{part}'" for part in fake_rkat_command())
-    return script(tmp_path / "rkat-rpc", f'exec {argv} "$@"\n')
+    path = tmp_path / "rkat-rpc"
+    path.write_bytes(stand_in_script())
+    path.chmod(0o755)
+    return path
 
 
 # --------------------------------------------------------------------------- runs

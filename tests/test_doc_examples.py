@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+from _binary_support import stand_in_script
 from _doc_blocks import ROOT, Block, python_blocks
-
-from meerkat_sync.testing import fake_rkat_command
 
 BLOCKS = python_blocks()
 REAL_BIN = os.environ.get("MEERKAT_BIN_PATH")
@@ -36,8 +35,7 @@ def _parses(block: Block) -> bool:
 def scripted_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The scripted runtime as an executable, the way a user would point MEERKAT_BIN_PATH at one."""
     path = tmp_path_factory.mktemp("bin") / "rkat-rpc"
-    argv = " ".join(f"'{part}'" for part in fake_rkat_command())
-    path.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
+    path.write_bytes(stand_in_script())
     path.chmod(0o755)
     return path
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _binary_support import stand_in_script
 from conftest import REAL_BIN, requires_real
 
 from meerkat_sync.testing import pytest_plugin
@@ -94,7 +95,7 @@ def write_portable(pytester: pytest.Pytester) -> None:
 def scripted_wrapper(directory: Path) -> Path:
     """An executable that runs the scripted runtime, as a user's MEERKAT_BIN_PATH might name."""
     path = directory / "rkat-rpc-scripted"
-    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m meerkat_sync.testing.fake_rkat "$@"\n')
+    path.write_bytes(stand_in_script())
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
