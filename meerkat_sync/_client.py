@@ -28,9 +28,13 @@ from typing import (
 )
 
 from ._binary import DEFAULT_RKAT_PATH, resolve_rkat_rpc
+from ._calls import ClientCalls
+from ._config import ConfigMethods
 from ._converter import structure
 from ._deadline import USE_DEFAULT, Deadline, Slot, Timeout, check_timeout, resolve_timeout, wait_slot
 from ._endpoint import Endpoint
+from ._inputs import InputMethods
+from ._mobs import MobMethods
 from ._params import (
     CREATE_OPTIONS,
     Prompt,
@@ -46,10 +50,12 @@ from ._reader import MAX_MESSAGE_BYTES
 from ._routing import RESPONSE, STREAM_BUFFER, EventRouter, RunSink, bare_session_id
 from ._session import DeferredSession, Session
 from ._streaming import EventStream, RunHandle
+from ._subscriptions import SubscriptionMethods
+from ._tools import ToolMethods
 from ._transport import ExitInfo, Transport, closed_error
 from ._turns import TurnGate
 from ._writer import Ticket
-from .errors import CapabilityUnavailableError, MeerkatError, MeerkatTimeoutError
+from .errors import MeerkatError, MeerkatTimeoutError
 from .types import CONTRACT_VERSION, Capability, RunResult, SessionInfo
 
 if TYPE_CHECKING:
@@ -68,8 +74,6 @@ T = TypeVar("T")
 # connect() and `with` give back the caller's own class (real_client's has `.model`).
 _Self = TypeVar("_Self", bound="MeerkatClient")
 
-_MOB_METHODS = ("mob/create", "mob/list", "mob/call")
-
 
 def contract_compatible(server: Any, client: str = CONTRACT_VERSION) -> bool:
     """0.x needs the same minor, 1.x+ the same major; anything unparsable is incompatible (§2.2)."""
@@ -85,7 +89,14 @@ def contract_compatible(server: Any, client: str = CONTRACT_VERSION) -> bool:
     return theirs[0] == ours[0]
 
 
-class MeerkatClient:
+class MeerkatClient(
+    SubscriptionMethods,
+    ToolMethods,
+    ConfigMethods,
+    InputMethods,
+    MobMethods,
+    ClientCalls,
+):
     """A blocking client for one ``rkat-rpc`` process.
 
     ``request_timeout`` bounds control calls (list, read, history, ...); ``turn_timeout``
@@ -331,12 +342,7 @@ class MeerkatClient:
         """The rkat-rpc process id, for operators; None before connect()."""
         return self._transport.pid if self._transport is not None else None
 
-    # --- capabilities -----------------------------------------------------------------------
-
-    @property
-    def capabilities(self) -> List[Capability]:
-        """What this runtime offers (``capabilities/get`` at connect), with each status."""
-        return list(self._capabilities)
+    # --- server -----------------------------------------------------------------------------
 
     @property
     def server_version(self) -> Optional[str]:
@@ -344,22 +350,6 @@ class MeerkatClient:
         info = self._server_info.get("server_info")
         version = info.get("version") if isinstance(info, dict) else None
         return version if isinstance(version, str) else None
-
-    def has_capability(self, capability_id: str) -> bool:
-        """Whether a capability is ``Available``, to switch features on or off without failing."""
-        if capability_id == "mob":
-            return any(m in self._methods for m in _MOB_METHODS)
-        return any(c.id == capability_id and c.available for c in self._capabilities)
-
-    def require_capability(self, capability_id: str) -> None:
-        """Fail early with :class:`CapabilityUnavailableError` (with the status) if it is missing."""
-        if not self.has_capability(capability_id):
-            status = next((c.status for c in self._capabilities if c.id == capability_id), "absent")
-            raise CapabilityUnavailableError(
-                "CAPABILITY_UNAVAILABLE",
-                f"capability {capability_id!r} is not available on this runtime (status: {status})",
-                details={"capability": capability_id, "status": status},
-            )
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -441,30 +431,6 @@ class MeerkatClient:
             self._respawn(endpoint)
             endpoint, router = self._endpoint, self._router
         return endpoint, router
-
-    def _call(self, method: str, params: Mapping[str, Any], timeout: Timeout) -> Any:
-        return self._call_until(method, params, Deadline(resolve_timeout(timeout, self._request_timeout)))
-
-    def _call_until(
-        self, method: str, params: Mapping[str, Any], deadline: Deadline, endpoint: Optional[Endpoint] = None
-    ) -> Any:
-        if endpoint is None:
-            endpoint, _ = self._parts()
-        request_id, slot = endpoint.request(method, params)
-        try:
-            return wait_slot(slot, deadline, method)
-        except (MeerkatTimeoutError, KeyboardInterrupt):
-            endpoint.forget(request_id)
-            raise
-
-    def _call_typed(self, method: str, params: Mapping[str, Any], cls: Type[T], timeout: Timeout) -> T:
-        reply = self._call(method, params, timeout)
-        try:
-            return structure(reply, cls)
-        except Exception as exc:
-            raise MeerkatError(
-                "INVALID_RESPONSE", f"{method} returned a result of unexpected shape: {exc}"
-            ) from exc
 
     def _start_run(
         self,

@@ -322,3 +322,17 @@ class SessionHistory:
     limit: Optional[int] = None
     has_more: bool = False
     messages: List[SessionMessage] = attrs.Factory(list)
+
+
+# The 0.5.0 method families below each keep their result types in their own section and
+# extend ``__all__`` there.
+
+# --- subscriptions ----------------------------------------------------------------------
+
+# --- callback tools ---------------------------------------------------------------------
+
+# --- config, models, skills, MCP --------------------------------------------------------
+
+# --- session inputs, runtime, comms, blobs ----------------------------------------------
+
+# --- mobs -------------------------------------------------------------------------------

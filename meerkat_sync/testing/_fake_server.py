@@ -10,6 +10,7 @@ import time
 import traceback
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from meerkat_sync.testing import _fake_admin, _fake_inputs, _fake_mobs, _fake_streams
 from meerkat_sync.testing import _fake_params as params_schema
 from meerkat_sync.testing._fake_callbacks import ServerRequests
 from meerkat_sync.testing._fake_constants import (
@@ -77,6 +78,8 @@ ABSENT = object()
 """Capability status meaning "not compiled in": the entry is left out."""
 
 _HANDLED = object()
+#: A method handler: the request, and the cancel state of a long-running one.
+Handler = Callable[[IncomingRequest, Optional["RequestCtx"]], Any]
 _LONG_RUNNING = ("turn/start", "session/create")
 
 
@@ -161,7 +164,7 @@ class Server:
         self._lock = threading.Lock()
         self._requests: Dict[str, RequestCtx] = {}
         self._woken: List[SessionRuntime] = []
-        self._handlers: Dict[str, Callable[[IncomingRequest, Optional[RequestCtx]], Any]] = {
+        self._handlers: Dict[str, Handler] = {
             "initialize": self._initialize,
             "capabilities/get": self._capabilities,
             "session/create": self._session_create,
@@ -177,6 +180,8 @@ class Server:
             "input/list": self._input_list,
             "blob/get": self._blob_get,
         }
+        for family in (_fake_streams, _fake_admin, _fake_inputs, _fake_mobs):
+            self._handlers.update(family.handlers(self))
 
     # -- serve loop ------------------------------------------------------------------------
 
@@ -582,4 +587,4 @@ def _version_object(version: str) -> JsonDict:
     return {"major": numbers[0], "minor": numbers[1], "patch": numbers[2]}
 
 
-__all__ = ["ABSENT", "Server", "ServerConfig", "tracing_line"]
+__all__ = ["ABSENT", "Handler", "RequestCtx", "Server", "ServerConfig", "tracing_line"]

@@ -1,0 +1,13 @@
+"""The scripted runtime's mob/* (rkat-rpc 0.5.0 semantics)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict
+
+if TYPE_CHECKING:
+    from meerkat_sync.testing._fake_server import Handler, Server
+
+
+def handlers(server: Server) -> Dict[str, Handler]:
+    """This family's methods, bound to server."""
+    return {}
