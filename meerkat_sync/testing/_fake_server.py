@@ -94,6 +94,7 @@ class ServerConfig:
         answer_initialize: bool = True,
         capability_status: Optional[Dict[str, Any]] = None,
         notification_queue: Optional[int] = None,
+        without_methods: Sequence[str] = (),
     ) -> None:
         self.realm = realm
         self.script = script
@@ -101,6 +102,7 @@ class ServerConfig:
         self.answer_initialize = answer_initialize
         self.capability_status = dict(capability_status or {})
         self.notification_queue = notification_queue
+        self.without_methods = frozenset(without_methods)
 
 
 class RequestCtx:
@@ -182,6 +184,8 @@ class Server:
         }
         for family in (_fake_streams, _fake_admin, _fake_inputs, _fake_mobs):
             self._handlers.update(family.handlers(self))
+        for method in config.without_methods:
+            self._handlers.pop(method, None)
 
     # -- serve loop ------------------------------------------------------------------------
 
@@ -313,7 +317,7 @@ class Server:
         return {
             "server_info": {"name": SERVER_NAME, "version": SERVER_VERSION},
             "contract_version": self.config.contract_version,
-            "methods": list(METHODS),
+            "methods": [m for m in METHODS if m not in self.config.without_methods],
         }
 
     def _capabilities(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:

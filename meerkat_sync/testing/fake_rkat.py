@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
         "NotSupportedByProtocol[:reason], Absent, or any other string",
     )
     fake.add_argument(
+        "--without-method",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="[fake] leave METHOD out of initialize.methods and answer it -32601, like an "
+        "rkat-rpc built without that feature (repeatable)",
+    )
+    fake.add_argument(
         "--notification-queue",
         type=_positive,
         metavar="N",
@@ -145,6 +153,7 @@ def _build_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         answer_initialize=not args.no_answer_initialize,
         capability_status=_capability_status(args.capability_status, parser),
         notification_queue=args.notification_queue,
+        without_methods=args.without_method,
     )
 
 
