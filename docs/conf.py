@@ -47,6 +47,9 @@ _NO_SIGNATURE = {
     "meerkat_sync.DeferredSession",
     "meerkat_sync.EventStream",
     "meerkat_sync.testing.RealRuntimeClient",
+    "meerkat_sync.EventSubscription",
+    "meerkat_sync.Mob",
+    "meerkat_sync.Member",
 }
 
 # Names in signatures that are private, and where they are explained.
@@ -57,6 +60,9 @@ _LABELS = {
     "USE_DEFAULT": "timeouts",
     "Content": "prompts",
     "meerkat_sync.types.Content": "prompts",
+    "MobSpawnSpec": "mobs",
+    "PeerTarget": "mobs",
+    "meerkat_sync._tools.F": "callback-tools",
 }
 
 

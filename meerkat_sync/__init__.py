@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 
 from ._client import MeerkatClient
+from ._mob_handle import Member, Mob
 from ._params import Prompt
 from ._session import DeferredSession, Session
 from ._streaming import EventStream
+from ._subscriptions import EventSubscription
 from .errors import (
     CapabilityUnavailableError,
+    ConfigConflictError,
     MeerkatError,
     MeerkatTimeoutError,
     SessionNotFoundError,
@@ -33,11 +36,15 @@ __version__ = "0.5.0.dev0"
 
 __all__ = [
     "CapabilityUnavailableError",
+    "ConfigConflictError",
     "DeferredSession",
     "EventStream",
+    "EventSubscription",
     "MeerkatClient",
     "MeerkatError",
     "MeerkatTimeoutError",
+    "Member",
+    "Mob",
     "Prompt",
     "Session",
     "SessionNotFoundError",

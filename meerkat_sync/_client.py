@@ -50,8 +50,8 @@ from ._reader import MAX_MESSAGE_BYTES
 from ._routing import RESPONSE, STREAM_BUFFER, EventRouter, RunSink, bare_session_id
 from ._session import DeferredSession, Session
 from ._streaming import EventStream, RunHandle
-from ._subscriptions import SubscriptionMethods
-from ._tools import ToolMethods
+from ._subscriptions import SubscriptionMethods, SubscriptionRegistry, route_stream_notification
+from ._tools import DEFAULT_TOOL_TIMEOUT, ToolMethods, ToolRegistry
 from ._transport import ExitInfo, Transport, closed_error
 from ._turns import TurnGate
 from ._writer import Ticket
@@ -115,6 +115,11 @@ class MeerkatClient(
     loses the newest deltas (never the run's lifecycle events) and then sees a
     ``StreamTruncated`` with the count, while the reader keeps draining stdout and the
     run's result is still delivered.
+
+    ``tool_workers`` threads run callback tool handlers (:meth:`register_tool`); requests
+    beyond that wait for a free one. ``tool_timeout`` is the default ``handler_timeout``
+    of a tool: after that many seconds the model gets an error result (``None``: only
+    rkat-rpc's own fixed 30 s limit applies).
     """
 
     def __init__(
@@ -133,6 +138,8 @@ class MeerkatClient(
         restart: bool = False,
         command: Optional[Sequence[str]] = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        tool_workers: int = 8,
+        tool_timeout: Optional[float] = DEFAULT_TOOL_TIMEOUT,
     ) -> None:
         self._rkat_path = rkat_path
         self._extra_args = str_list(extra_args, "extra_args")
@@ -147,6 +154,8 @@ class MeerkatClient(
         self._max_message_bytes = positive_int(max_message_bytes, "max_message_bytes")
         self._command = str_list(command, "command") if command is not None else None
         self._restart = bool(restart)
+        self._tool_workers = positive_int(tool_workers, "tool_workers")
+        self._tool_registry = ToolRegistry(check_timeout(tool_timeout, "tool_timeout"))
         self._flags: List[str] = []
         self._lock = threading.Lock()
         self._restart_lock = threading.Lock()
@@ -219,6 +228,7 @@ class MeerkatClient(
         """
         argv = self._command or [self._resolve_binary(deadline), *self._extra_args]
         router = EventRouter()
+        subscriptions = self._new_subscriptions()
         transport: Transport
 
         def send(ticket: Ticket) -> None:
@@ -228,8 +238,15 @@ class MeerkatClient(
             return transport.drop(ticket)
 
         endpoint = Endpoint(
-            send, drop, router, self._make_notification_handler(router), self._max_message_bytes
+            send,
+            drop,
+            router,
+            self._make_notification_handler(router, subscriptions),
+            self._max_message_bytes,
+            workers=self._tool_workers,
         )
+        endpoint.register_handler("tool/execute", self._tool_registry)
+        self._bind_subscriptions(endpoint, subscriptions)
         transport = Transport(
             [*argv, *self._flags],
             env=self._env,
@@ -292,6 +309,7 @@ class MeerkatClient(
         caps = self._call_until("capabilities/get", {}, deadline, endpoint)
         raw_caps = caps.get("capabilities") if isinstance(caps, dict) else None
         self._capabilities = [structure(c, Capability) for c in raw_caps or [] if isinstance(c, dict)]
+        self._register_declared_tools(deadline, endpoint)
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop the child: close its stdin, wait, then terminate and kill. Idempotent.
@@ -313,6 +331,7 @@ class MeerkatClient(
             endpoint.fail_all(error)
             if router is not None:
                 router.fail_all(error)
+            self._fail_subscriptions(endpoint, error)
             # Cancelled turns let the server's EOF shutdown finish at once (§1.5).
             for request_id in running:
                 endpoint.notify("cancel", {"request_id": request_id})
@@ -579,7 +598,9 @@ class MeerkatClient(
     # --- notifications and exit -------------------------------------------------------------
 
     @staticmethod
-    def _make_notification_handler(router: EventRouter) -> Callable[[str, Dict[str, Any]], None]:
+    def _make_notification_handler(
+        router: EventRouter, subscriptions: SubscriptionRegistry
+    ) -> Callable[[str, Dict[str, Any]], None]:
         def on_notification(method: str, params: Dict[str, Any]) -> None:
             if method == "session/event":
                 session_id, envelope = params.get("session_id"), params.get("event")
@@ -587,7 +608,7 @@ class MeerkatClient(
                     router.on_event(session_id, envelope)
                 else:
                     log.warning("malformed session/event notification: %.200r", params)
-            else:
+            elif not route_stream_notification(subscriptions, method, params):  # a subscription's?
                 log.debug("ignoring %s notification", method)
 
         return on_notification
@@ -600,6 +621,7 @@ class MeerkatClient(
         log.warning("%s", error.message)
         endpoint.fail_all(error)
         router.fail_all(error)
+        self._fail_subscriptions(endpoint, error)
 
 
 def _input_left_queued(error: Optional[BaseException]) -> bool:

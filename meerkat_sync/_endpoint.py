@@ -2,12 +2,12 @@
 
 Responses settle a one-shot :class:`Slot` (or a callback) by id. Notifications go to one
 callback (the event router). Requests *from* the server are answered off the reader
-thread, so a handler may itself call the client without deadlocking the reader.
+thread, on a bounded pool (``_server_requests``), so a handler may itself call the client
+without deadlocking the reader.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import logging
 import re
@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 from ._codec import encode, line_decoder
 from ._deadline import Slot
+from ._server_requests import ServerRequests
 from ._writer import WRITING, WRITTEN, Ticket
 from .errors import MeerkatError, error_from_rpc
 
@@ -75,6 +76,7 @@ class Endpoint:
         events: Events,
         on_notification: NotificationHandler,
         max_message_bytes: int,
+        workers: int = 8,
     ) -> None:
         self._send = send
         self._drop = drop
@@ -87,8 +89,7 @@ class Endpoint:
         self._order_lock = threading.Lock()
         self._pending: Dict[int, _Pending] = {}
         self._closed: Optional[MeerkatError] = None
-        self._handlers: Dict[str, RequestHandler] = {}
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._server_requests = ServerRequests(send, workers)
         #: Request lines longer than this may reach rkat-rpc cut in two (see _pipes).
         self.tearable_above = 0
 
@@ -295,45 +296,14 @@ class Endpoint:
 
     # --- server -> client requests ---------------------------------------------------------
 
-    def register_handler(self, method: str, handler: RequestHandler) -> None:
-        self._handlers[method] = handler
+    def register_handler(self, method: str, handler: Any) -> None:
+        """Answer ``method`` with ``handler``: a ``TimedHandler`` or ``fn(params) -> result``."""
+        self._server_requests.register(method, handler)
 
     def _dispatch_request(self, method: str, request_id: Any, params: Any) -> None:
-        with self._lock:
-            if self._closed is not None:
-                return
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=8, thread_name_prefix="meerkat-callback"
-                )
-            executor = self._executor
-        executor.submit(self._answer, method, request_id, params)
-
-    def _answer(self, method: str, request_id: Any, params: Any) -> None:
-        handler = self._handlers.get(method)
-        reply: Dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
-        if handler is None:
-            reply["error"] = {"code": -32601, "message": f"Method not found: {method}"}
-        else:
-            try:
-                reply["result"] = handler(params)
-            except Exception as exc:
-                log.exception("handler for server request %s failed", method)
-                reply["error"] = {"code": -32603, "message": f"{type(exc).__name__}: {exc}"}
-        try:
-            data = encode(reply)
-        except (TypeError, ValueError) as exc:
-            data = encode(
-                {
-                    "jsonrpc": "2.0",
-                    "id": request_id,
-                    "error": {"code": -32603, "message": f"unencodable result: {exc}"},
-                }
-            )
-        try:
-            self._send(Ticket(data))
-        except MeerkatError as exc:
-            log.debug("could not answer server request %s: %s", method, exc)
+        if self._closed is not None:
+            return
+        self._server_requests.dispatch(method, request_id, params)
 
     # --- shutdown --------------------------------------------------------------------------
 
@@ -362,11 +332,9 @@ class Endpoint:
             if self._closed is None:
                 self._closed = error
             pending, self._pending = self._pending, {}
-            executor, self._executor = self._executor, None
         for item in pending.values():
             item.answer(None, error)
-        if executor is not None:
-            executor.shutdown(wait=False)
+        self._server_requests.close()
 
     @property
     def closed_error(self) -> Optional[MeerkatError]:

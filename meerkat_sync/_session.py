@@ -7,12 +7,14 @@ client is. ``text``, ``usage`` and friends reflect the most recently *finished* 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ._deadline import USE_DEFAULT, Timeout
-from ._params import TURN_OPTIONS, Prompt, build_params, merged_prompt_key, page_args, prompt_key
+from ._params import TURN_OPTIONS, Prompt, build_params, merged_prompt_key, prompt_key
 from ._streaming import EventStream
-from .types import Content, RunResult, SessionHistory, SkillRef, Usage
+from ._subscriptions import EventSubscription
+from .errors import MeerkatError
+from .types import Content, InjectContextResult, RunResult, SessionHistory, SkillRef, Usage
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -126,12 +128,41 @@ class Session:
         self, *, offset: int = 0, limit: Optional[int] = None, timeout: Timeout = USE_DEFAULT
     ) -> SessionHistory:
         """One page of the transcript, oldest message first."""
-        params = {"session_id": self._id, **page_args(offset, limit)}
-        return self._client._call_typed("session/history", params, SessionHistory, timeout)
+        return self._client.read_session_history(self._id, offset=offset, limit=limit, timeout=timeout)
 
     def interrupt(self, *, timeout: Timeout = USE_DEFAULT) -> None:
         """Stop the running turn, if any; its caller gets an error result."""
         self._client._call("turn/interrupt", {"session_id": self._id}, timeout)
+
+    def inject_context(
+        self,
+        text: str,
+        *,
+        source: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        timeout: Timeout = USE_DEFAULT,
+    ) -> InjectContextResult:
+        """Stage system context for this session's next run (``MeerkatClient.inject_context``)."""
+        return self._client.inject_context(
+            self._id, text, source=source, idempotency_key=idempotency_key, timeout=timeout
+        )
+
+    def send(self, *, timeout: Timeout = USE_DEFAULT, **fields: Any) -> Dict[str, Any]:
+        """Send a comms command from this session (``MeerkatClient.send``; ``kind=`` is required)."""
+        if "session_id" in fields:
+            raise MeerkatError("INVALID_ARGS", "Session.send sends from this session; do not pass session_id")
+        return self._client.send(self._id, timeout=timeout, **fields)
+
+    def peers(self, *, timeout: Timeout = USE_DEFAULT) -> List[Dict[str, Any]]:
+        """The peers this comms session can reach (the ``peers`` list of ``MeerkatClient.peers``)."""
+        peers = self._client.peers(self._id, timeout=timeout).get("peers")
+        return list(peers) if isinstance(peers, list) else []
+
+    def subscribe_events(
+        self, *, timeout: Timeout = USE_DEFAULT, idle_timeout: Timeout = USE_DEFAULT
+    ) -> EventSubscription:
+        """A live :class:`EventSubscription` to every later run of this session, whoever starts it."""
+        return self._client.subscribe_session_events(self._id, timeout=timeout, idle_timeout=idle_timeout)
 
     def archive(self, *, timeout: Timeout = USE_DEFAULT) -> None:
         """Remove the session from the runtime; later calls on it raise SessionNotFoundError."""

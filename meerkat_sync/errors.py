@@ -7,12 +7,14 @@ so nothing the runtime said is lost in translation.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Mapping, Optional, Tuple, Type
 
 __all__ = [
     "RPC_ERROR_NAMES",
     "RUN_FAILURES",
     "CapabilityUnavailableError",
+    "ConfigConflictError",
     "MeerkatError",
     "MeerkatTimeoutError",
     "SessionNotFoundError",
@@ -79,6 +81,14 @@ class SkillNotFoundError(MeerkatError):
     """A skill reference could not be resolved."""
 
 
+class ConfigConflictError(MeerkatError):
+    """``expected_generation`` no longer matches: someone else wrote the realm config first.
+
+    ``details`` is ``{"expected": E, "current": C}``; read the config again, reapply the
+    change, and retry with ``expected_generation=C``.
+    """
+
+
 class MeerkatTimeoutError(MeerkatError, TimeoutError):
     """A blocking call ran out of time; also a builtin :class:`TimeoutError`."""
 
@@ -114,6 +124,7 @@ _ERROR_CLASSES: Dict[str, Type[MeerkatError]] = {
     "SESSION_NOT_FOUND": SessionNotFoundError,
     "CAPABILITY_UNAVAILABLE": CapabilityUnavailableError,
     "SKILL_NOT_FOUND": SkillNotFoundError,
+    "CONFIG_CONFLICT": ConfigConflictError,
 }
 
 
@@ -138,6 +149,30 @@ RUN_FAILURES: Tuple[Tuple[str, str, str], ...] = (
     ("Internal error: Max sessions reached", "MAX_SESSIONS_REACHED", _MAX_SESSIONS_ADVICE),
     ("Max sessions reached", "MAX_SESSIONS_REACHED", _MAX_SESSIONS_ADVICE),
 )
+
+
+#: Errors 0.5.0 sends as a generic -32602/-32603 that have a class of their own here:
+#: (rpc code, message pattern, code). The pattern's groups become ``details``.
+_MESSAGE_ERRORS: Tuple[Tuple[int, re.Pattern[str], str], ...] = (
+    # config/set, config/patch CAS failure (PROTOCOL.md §4.12).
+    (
+        -32602,
+        re.compile(r"Generation conflict: expected (?P<expected>\d+), current (?P<current>\d+)"),
+        "CONFIG_CONFLICT",
+    ),
+    # skills/inspect of an unknown id (or of a source that does not hold it): -32603, not -32021.
+    (-32603, re.compile(r"skill inspect failed: skill not found: (?P<skill>.*)", re.S), "SKILL_NOT_FOUND"),
+)
+_NUMERIC_DETAILS = ("expected", "current")
+
+
+def _message_error(rpc_code: int, message: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    for code, pattern, name in _MESSAGE_ERRORS:
+        match = pattern.fullmatch(message) if code == rpc_code else None
+        if match is not None:
+            found = match.groupdict()
+            return name, {k: int(v) if k in _NUMERIC_DETAILS else v for k, v in found.items()}
+    return None
 
 
 def _run_failure(rpc_code: int, message: str) -> Optional[Tuple[str, str]]:
@@ -176,6 +211,9 @@ def error_from_rpc(error: Any) -> MeerkatError:
         details = data.get("details", data)
     elif data is not None:
         details = data
+    known = _message_error(rpc_code, message) if rpc_code is not None else None
+    if known is not None:
+        name, details = known
     failure = _run_failure(rpc_code, message) if rpc_code is not None else None
     if failure is not None:
         # The runtime's own code is lost in its wrapping; keep the raw form for the record.

@@ -15,6 +15,7 @@ from .types import Usage
 
 __all__ = [
     "EVENT_TYPES",
+    "AttributedEvent",
     "BudgetWarning",
     "CompactionCompleted",
     "CompactionFailed",
@@ -461,6 +462,24 @@ class EventEnvelope:
     timestamp_ms: int = 0
     mob_id: Optional[str] = None
     payload: Event = attrs.Factory(UnknownEvent)
+
+
+@attrs.frozen
+class AttributedEvent:
+    """A mob stream's event with who sent it (``mob/stream_event``, PROTOCOL.md §5.4).
+
+    ``source`` is the member (meerkat) id and ``profile`` its profile; both are ``""`` for
+    the bare envelopes of session and per-member streams, which name no member.
+    """
+
+    source: str = ""
+    profile: str = ""
+    envelope: EventEnvelope = attrs.Factory(EventEnvelope)
+
+    @property
+    def event(self) -> Event:
+        """The typed event itself (``envelope.payload``)."""
+        return self.envelope.payload
 
 
 def parse_event(raw: Mapping[str, Any]) -> Event:

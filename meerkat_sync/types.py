@@ -327,12 +327,389 @@ class SessionHistory:
 # The 0.5.0 method families below each keep their result types in their own section and
 # extend ``__all__`` there.
 
-# --- subscriptions ----------------------------------------------------------------------
-
-# --- callback tools ---------------------------------------------------------------------
-
 # --- config, models, skills, MCP --------------------------------------------------------
+
+
+@attrs.frozen
+class ConfigEnvelope:
+    """The realm config as ``config/get``, ``config/set`` and ``config/patch`` return it.
+
+    ``config`` is the whole realm config (an open dict: its keys follow the runtime's
+    version); ``generation`` counts successful writes, for ``expected_generation=``.
+    """
+
+    config: Dict[str, Any] = attrs.Factory(dict)
+    generation: int = 0
+    realm_id: Optional[str] = None
+    instance_id: Optional[str] = None
+    backend: Optional[str] = None
+    #: Where the realm lives: ``root``, ``config_path``, ``manifest_path``, ``sessions_*``.
+    resolved_paths: Dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class ModelProfile:
+    """What a catalog model supports, and the JSON schema of its ``provider_params``."""
+
+    model_family: str = ""
+    supports_temperature: bool = False
+    supports_thinking: bool = False
+    supports_reasoning: bool = False
+    params_schema: Dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class CatalogModel:
+    """One model of the catalog; ``tier`` is ``"recommended"`` or ``"supported"``."""
+
+    id: str
+    display_name: str = ""
+    tier: str = ""
+    context_window: Optional[int] = None
+    max_output_tokens: Optional[int] = None
+    profile: Optional[ModelProfile] = None
+
+
+@attrs.frozen
+class CatalogProvider:
+    """A provider's models and the one it uses when a session names none."""
+
+    provider: str
+    default_model_id: str = ""
+    models: List[CatalogModel] = attrs.Factory(list)
+
+
+@attrs.frozen
+class ModelsCatalog:
+    """``models/catalog``: the models compiled into the runtime, by provider.
+
+    ``contract_version`` is ``{"major", "minor", "patch"}``, as the server sends it.
+    """
+
+    contract_version: Dict[str, int] = attrs.Factory(dict)
+    providers: List[CatalogProvider] = attrs.Factory(list)
+
+
+@attrs.frozen
+class SkillInfo:
+    """A skill as ``skills/list`` shows it; ``scope`` is ``builtin``, ``project`` or ``user``.
+
+    ``shadowed_by`` names the skill that hides this one (then ``is_active`` is False).
+    """
+
+    id: str
+    name: str = ""
+    description: str = ""
+    scope: str = ""
+    source: Optional[str] = None
+    is_active: bool = True
+    shadowed_by: Optional[str] = None
+
+
+@attrs.frozen
+class SkillDetails:
+    """A skill as ``skills/inspect`` shows it: its ``body`` is the full SKILL.md text."""
+
+    id: str
+    name: str = ""
+    description: str = ""
+    scope: str = ""
+    source: Optional[str] = None
+    body: str = ""
+
+
+@attrs.frozen
+class McpLiveOpResponse:
+    """What ``mcp/add``, ``mcp/remove`` and ``mcp/reload`` report.
+
+    At 0.5.0 ``status`` is always ``"staged"``: the change applies at the session's next
+    turn, where ``tool_config_changed`` events report how it went. ``server_name`` is None
+    for a reload of every server; ``persisted`` is False (0.5.0 does not persist).
+    """
+
+    session_id: str
+    operation: str
+    status: str
+    persisted: bool = False
+    server_name: Optional[str] = None
+    applied_at_turn: Optional[int] = None
+
+
+__all__ += [
+    "CatalogModel",
+    "CatalogProvider",
+    "ConfigEnvelope",
+    "McpLiveOpResponse",
+    "ModelProfile",
+    "ModelsCatalog",
+    "SkillDetails",
+    "SkillInfo",
+]
 
 # --- session inputs, runtime, comms, blobs ----------------------------------------------
 
+
+@attrs.frozen
+class InjectContextResult:
+    """``status`` is ``"staged"`` (applied to the next run) or ``"duplicate"`` (key already used)."""
+
+    status: str
+
+    @property
+    def duplicate(self) -> bool:
+        """The same ``idempotency_key`` was already staged with this text and source: nothing new."""
+        return self.status == "duplicate"
+
+
+@attrs.frozen
+class RuntimeAcceptResult:
+    """How the runtime took an input (``runtime_accept``, ``send_external_event``).
+
+    ``outcome_type`` is ``"accepted"`` (with ``input_id``, ``policy`` and ``state``, the
+    input's :meth:`~MeerkatClient.input_state` at acceptance), ``"deduplicated"`` (with
+    ``existing_id``) or ``"rejected"`` (with ``reason``, e.g. a retired runtime).
+    ``policy`` and ``state`` are plain dicts: their 0.5.0 shape is open.
+    """
+
+    outcome_type: str
+    input_id: Optional[str] = None
+    existing_id: Optional[str] = None
+    reason: Optional[str] = None
+    policy: Optional[Dict[str, Any]] = None
+    state: Optional[Dict[str, Any]] = None
+
+    @property
+    def accepted(self) -> bool:
+        """The input was queued (a run may already be under way)."""
+        return self.outcome_type == "accepted"
+
+
+@attrs.frozen
+class RuntimeStateResult:
+    """``state``: ``attached``, ``idle``, ``running``, ``retired``, ... (PROTOCOL.md §4.15)."""
+
+    state: str
+
+
+@attrs.frozen
+class RuntimeRetireResult:
+    """Inputs dropped, and inputs still queued that the retired runtime will yet run."""
+
+    inputs_abandoned: int = 0
+    inputs_pending_drain: int = 0
+
+
+@attrs.frozen
+class RuntimeResetResult:
+    """How many queued (or stuck) inputs the reset dropped."""
+
+    inputs_abandoned: int = 0
+
+
+@attrs.frozen
+class BlobPayload:
+    """A stored blob, such as an image of a transcript; ``data`` is base64, as on the wire."""
+
+    blob_id: str
+    media_type: str = ""
+    data: str = ""
+
+    @property
+    def data_base64(self) -> str:
+        """``data``, under the official SDK's name."""
+        return self.data
+
+    def decode(self) -> bytes:
+        """The blob's bytes (``data`` base64-decoded)."""
+        import base64
+
+        return base64.b64decode(self.data)
+
+
+__all__ += [
+    "BlobPayload",
+    "InjectContextResult",
+    "RuntimeAcceptResult",
+    "RuntimeResetResult",
+    "RuntimeRetireResult",
+    "RuntimeStateResult",
+]
+
 # --- mobs -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class MobPrefab:
+    """A built-in mob template: ``key`` is what ``create_mob(prefab=...)`` takes."""
+
+    key: str
+    toml_template: str = ""
+
+
+@attrs.frozen
+class MobSummary:
+    """A mob and its lifecycle state, PascalCase as the runtime reports it (``"Running"``)."""
+
+    mob_id: str
+    status: str = ""
+
+
+@attrs.frozen
+class MobMember:
+    """One member of ``list_mob_members``; ``session_id`` is the session its turns run on."""
+
+    meerkat_id: str
+    profile: str = ""
+    runtime_mode: str = ""
+    state: str = ""
+    status: str = ""
+    is_final: bool = False
+    current_session_id: Optional[str] = None
+    peer_id: Optional[str] = None
+    wired_to: List[str] = attrs.Factory(list)
+    labels: Dict[str, str] = attrs.Factory(dict)
+    error: Optional[str] = None
+    member_ref: Dict[str, Any] = attrs.Factory(dict)
+
+    @property
+    def session_id(self) -> Optional[str]:
+        """The member's session (``member_ref.session_id``), for the session methods."""
+        sid = self.member_ref.get("session_id", self.current_session_id)
+        return sid if isinstance(sid, str) else None
+
+
+@attrs.frozen
+class MobSpawnReceipt:
+    """What ``spawn_mob_member`` created: the member and the session its turns run on."""
+
+    mob_id: str
+    meerkat_id: str
+    session_id: Optional[str] = None
+    member_ref: Dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class MobSpawnResult:
+    """One entry of ``spawn_mob_members``, in spec order; a failed spec has ``ok=False`` and ``error``."""
+
+    ok: bool
+    session_id: Optional[str] = None
+    member_ref: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+
+
+@attrs.frozen
+class MemberRespawnReceipt:
+    """The member's session before and after a respawn."""
+
+    member_id: str
+    old_session_id: Optional[str] = None
+    new_session_id: Optional[str] = None
+
+
+@attrs.frozen
+class MobRespawnResult:
+    """``status`` is ``"completed"``, or ``"topology_restore_failed"`` with the peers not rewired."""
+
+    status: str
+    receipt: MemberRespawnReceipt
+    failed_peer_ids: List[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class MobUnreachablePeer:
+    """A wired peer the member cannot reach, and why when the runtime knows."""
+
+    peer: str
+    reason: Optional[str] = None
+
+
+@attrs.frozen
+class MobPeerConnectivity:
+    """How many of a member's wired peers are reachable."""
+
+    reachable_peer_count: int = 0
+    unknown_peer_count: int = 0
+    unreachable_peers: List[MobUnreachablePeer] = attrs.Factory(list)
+
+
+@attrs.frozen
+class MobMemberSnapshot:
+    """A member's execution status; an id not in the roster reads ``status="unknown"``, not an error."""
+
+    status: str
+    tokens_used: int = 0
+    is_final: bool = False
+    output_preview: Optional[str] = None
+    error: Optional[str] = None
+    current_session_id: Optional[str] = None
+    peer_connectivity: Optional[MobPeerConnectivity] = None
+
+
+@attrs.frozen
+class MobKickoffMemberSnapshot(MobMemberSnapshot):
+    """A member's snapshot once its kickoff turn is over (``wait_mob_kickoff``)."""
+
+    meerkat_id: str = ""
+
+
+@attrs.frozen
+class MobHelperResult:
+    """A helper's final answer; the call returns once the helper's turn completed."""
+
+    tokens_used: int = 0
+    output: Optional[str] = None
+    session_id: Optional[str] = None
+
+
+@attrs.frozen
+class MemberDeliveryReceipt:
+    """Where ``send_mob_member_content`` delivered the content, and how it is handled."""
+
+    member_id: str
+    session_id: str
+    handling_mode: str = "queue"
+
+
+@attrs.frozen
+class MobSystemContextReceipt:
+    """``status``: ``"staged"`` (applies at the member's next turn), ``"applied"`` or ``"duplicate"``."""
+
+    mob_id: str
+    meerkat_id: str
+    session_id: str
+    status: str
+
+
+@attrs.frozen
+class MobEvent:
+    """One entry of the mob's event log; ``kind`` is the open-shaped record, tagged by ``kind["type"]``."""
+
+    cursor: int
+    mob_id: str = ""
+    timestamp: str = ""
+    kind: Dict[str, Any] = attrs.Factory(dict)
+
+    @property
+    def type(self) -> str:
+        """``kind["type"]``: ``mob_created``, ``meerkat_spawned``, ``meerkat_retired``, ..."""
+        return str(self.kind.get("type", ""))
+
+
+__all__ += [
+    "MemberDeliveryReceipt",
+    "MemberRespawnReceipt",
+    "MobEvent",
+    "MobHelperResult",
+    "MobKickoffMemberSnapshot",
+    "MobMember",
+    "MobMemberSnapshot",
+    "MobPeerConnectivity",
+    "MobPrefab",
+    "MobRespawnResult",
+    "MobSpawnReceipt",
+    "MobSpawnResult",
+    "MobSummary",
+    "MobSystemContextReceipt",
+    "MobUnreachablePeer",
+]

@@ -1205,7 +1205,7 @@ def test_turn_options_that_fail_the_run(shared: Wire) -> None:
 def test_unknown_methods(shared: Wire) -> None:
     assert shared.error("foo/bar", {}) == (-32601, "Method not found: foo/bar")
     assert shared.error("cancel", {"request_id": 1}) == (-32601, "Method not found: cancel")
-    assert shared.error("config/get") == (-32601, "Method not found: config/get")
+    assert shared.error("config/reset") == (-32601, "Method not found: config/reset")
 
 
 # -- the runtime's queue: interrupts, cancels, replays -----------------------------------

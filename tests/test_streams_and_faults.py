@@ -168,7 +168,7 @@ def test_log_noise_on_stdout_is_skipped(client: MeerkatClient) -> None:
 def test_unsupported_server_request_gets_method_not_found(client: MeerkatClient) -> None:
     session = client.create_session("hi")
     params = {"tool_use_id": "toolu_1", "name": "lookup", "arguments": {"word": "meerkat"}}
-    events = list(session.stream(fake(text="ok", callbacks=[{"method": "tool/execute", "params": params}])))
+    events = list(session.stream(fake(text="ok", callbacks=[{"method": "x/unknown", "params": params}])))
     completed = [e for e in events if e.type == "tool_execution_completed"]
     assert completed and completed[0].is_error  # type: ignore[attr-defined]
     assert "Method not found" in completed[0].result  # type: ignore[attr-defined]

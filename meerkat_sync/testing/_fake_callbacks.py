@@ -19,6 +19,7 @@ class PendingCallback:
         self.id = request_id
         self.done = threading.Event()
         self.answer: Optional[IncomingResponse] = None
+        self.sent_at = time.monotonic()
 
 
 class ServerRequests:
@@ -40,7 +41,7 @@ class ServerRequests:
         return pending
 
     def resolve(self, message: IncomingResponse) -> None:
-        """Match a client response by exact id (a string); unknown ids are dropped (§1.5)."""
+        """Match a client response by exact id (a string); unknown or late ids are dropped silently."""
         if not isinstance(message.id, str):
             return
         with self._lock:
@@ -52,8 +53,12 @@ class ServerRequests:
     def wait(
         self, pending: PendingCallback, timeout_s: float, interrupt: threading.Event, name: str
     ) -> Optional[Tuple[str, bool]]:
-        """The tool outcome ``(content, is_error)``, or None if the run was interrupted."""
-        deadline = time.monotonic() + timeout_s
+        """The tool outcome ``(content, is_error)``, or None if the run was interrupted.
+
+        The time limit counts from the request's send, as each call's own timer does in
+        rkat-rpc (the calls of one reply run in parallel).
+        """
+        deadline = pending.sent_at + timeout_s
         while not pending.done.is_set():
             remaining = deadline - time.monotonic()
             if interrupt.is_set() or remaining <= 0:
@@ -61,41 +66,54 @@ class ServerRequests:
                     self._pending.pop(pending.id, None)
                 if interrupt.is_set():
                     return None
-                return f"Callback tool '{name}' timed out after {_secs(timeout_s)}", True
+                return failed(f"Callback tool '{name}' timed out after {_secs(timeout_s)}")
             pending.done.wait(min(_POLL_S, remaining))
         assert pending.answer is not None
         return _outcome(pending.answer)
+
+
+def failed(message: str) -> Tuple[str, bool]:
+    """A failed tool call as the model and ``tool_execution_completed`` see it."""
+    body = {"error": "execution_failed", "message": f"Tool execution failed: {message}"}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")), True
 
 
 def _secs(timeout_s: float) -> str:
     return f"{int(timeout_s)}s" if timeout_s == int(timeout_s) else f"{timeout_s:g}s"
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _outcome(answer: IncomingResponse) -> Tuple[str, bool]:
+    """What rkat-rpc makes of an answer (``callback_dispatcher``): an error wins, then the
+    result is read as ``{content: String = "", is_error: bool = false}`` by serde, whose
+    messages (with the position in the result's text) are kept."""
     if answer.error is not None:
-        failed = {"error": "execution_failed", "message": f"Tool execution failed: {answer.error['message']}"}
-        return json.dumps(failed, ensure_ascii=False, separators=(",", ":")), True
-    if not answer.has_result:
-        return "Callback response has neither result nor error", True
+        return failed(str(answer.error["message"]))
+    if not answer.has_result or answer.result is None:  # `"result": null` is no result either
+        return failed("Callback response missing result")
     result: Any = answer.result
     if not isinstance(result, dict):
-        return (
-            f"Failed to parse callback result: invalid type: {json_kind(result)}, "
-            "expected struct CallbackResult",
-            True,
-        )
+        return failed(_serde_error(result, "struct CallbackResult", 0, result))
     content = result.get("content", "")
     is_error = result.get("is_error", False)
-    if content is None:
-        content = ""
-    if not isinstance(content, str):
-        return (
-            f"Failed to parse callback result: invalid type: {json_kind(content)}, expected a string",
-            True,
-        )
-    if not isinstance(is_error, bool):
-        return (
-            f"Failed to parse callback result: invalid type: {json_kind(is_error)}, expected a boolean",
-            True,
-        )
+    for key, value, ok, expected in (
+        ("content", content, isinstance(content, str), "a string"),
+        ("is_error", is_error, isinstance(is_error, bool), "a boolean"),
+    ):
+        if not ok:
+            text = _compact(result)
+            # Where serde stops: the value's start for a map or sequence (peeked), its end otherwise.
+            start = text.index(_compact(key) + ":") + len(_compact(key)) + 1
+            return failed(_serde_error(value, expected, start, value))
     return content, is_error
+
+
+def _serde_error(value: Any, expected: str, start: int, token: Any) -> str:
+    column = start if isinstance(token, (dict, list)) else start + len(_compact(token))
+    return (
+        f"Failed to parse callback result: invalid type: {json_kind(value)}, expected {expected} "
+        f"at line 1 column {column}"
+    )

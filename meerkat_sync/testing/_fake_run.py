@@ -20,6 +20,7 @@ from typing import IO, Any, Deque, Dict, List, Mapping, Optional, Tuple
 from meerkat_sync.testing._fake_callbacks import PendingCallback, ServerRequests
 from meerkat_sync.testing._fake_constants import (
     ABANDONED_PREFIX,
+    CALLBACK_TIMEOUT_S,
     EXTRACTION_PROMPT,
     EXTRACTION_RETRY_PROMPT,
     INTERNAL_ERROR,
@@ -143,6 +144,7 @@ class _Tool:
         self.request_params: JsonDict = {}
         self.pending: Optional[PendingCallback] = None
         self.started = 0.0
+        self.duration_ms = 0
         self.content = ""
         self.is_error = False
 
@@ -459,6 +461,10 @@ class Run:
         for call in self.spec.tool_calls:
             tool = _Tool(call.id or tool_id(), call.name, call.args)
             tool.scripted = call
+            if call.result is None and call.name in self.session.config.callback_tools:
+                # A tool the client answers: rkat-rpc sends it a tool/execute (§7).
+                tool.callback = CallbackSpec("tool/execute", {}, CALLBACK_TIMEOUT_S)
+                tool.request_params = {"arguments": call.args, "name": call.name, "tool_use_id": tool.id}
             tools.append(tool)
         for cb in self.spec.callbacks:
             params = dict(cb.params)
@@ -490,23 +496,29 @@ class Run:
         self.session.append({"role": "block_assistant", "blocks": uses, "stop_reason": "tool_use"})
         for tool in tools:
             self._run_tool(tool)
+        # Completions are reported in call order once every call has its result.
+        for tool in tools:
+            self._report_tool(tool)
         self._tool_calls += len(tools)
         self.session.budget.tool_calls += len(tools)
         results = [{"tool_use_id": t.id, "content": t.content, "is_error": t.is_error} for t in tools]
         self.session.append({"role": "tool_results", "results": results})
 
     def _run_tool(self, tool: _Tool) -> None:
-        if tool.scripted is not None and tool.scripted.result is not None:
-            tool.content, tool.is_error = tool.scripted.result, tool.scripted.is_error
-        elif tool.scripted is not None:
-            available = [*self.session.config.tools, *self.env.tools]
-            tool.content, tool.is_error = builtin_result(tool.name, available)
-        elif tool.callback is not None and tool.pending is not None:
+        if tool.callback is not None and tool.pending is not None:
             callback, interrupt = tool.callback, self.interrupt
             outcome = self.env.callbacks.wait(tool.pending, callback.timeout_s, interrupt, tool.name)
             if outcome is None:
                 raise Interrupted()
             tool.content, tool.is_error = outcome
+        elif tool.scripted is not None and tool.scripted.result is not None:
+            tool.content, tool.is_error = tool.scripted.result, tool.scripted.is_error
+        elif tool.scripted is not None:
+            available = [*self.session.config.tools, *self.session.config.callback_tools]
+            tool.content, tool.is_error = builtin_result(tool.name, available)
+        tool.duration_ms = int((time.monotonic() - tool.started) * 1000)
+
+    def _report_tool(self, tool: _Tool) -> None:
         self._emit(
             {
                 "type": "tool_execution_completed",
@@ -514,7 +526,7 @@ class Run:
                 "name": tool.name,
                 "result": tool.content,
                 "is_error": tool.is_error,
-                "duration_ms": int((time.monotonic() - tool.started) * 1000),
+                "duration_ms": tool.duration_ms,
                 "has_images": False,
             }
         )

@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import threading
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from meerkat_sync.testing._fake_constants import (
     INTERNAL_ERROR,
@@ -26,6 +27,14 @@ from meerkat_sync.testing._fake_constants import (
 from meerkat_sync.testing._fake_params import Content
 from meerkat_sync.testing._fake_script import ReplySpec
 from meerkat_sync.testing._fake_wire import JsonDict, RpcError, uuid7
+
+#: How the runtime refuses new work after ``runtime/retire`` (until ``runtime/reset``).
+RUNTIME_RETIRED = "runtime accept failed: Runtime not ready: retired"
+
+
+def rfc3339() -> str:
+    """An input-state timestamp, as the runtime's input ledger writes them."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 class RunOutcome:
@@ -69,6 +78,20 @@ class Input:
         self.interrupt = threading.Event()
         self.cancel_at_start = False
         self.started = threading.Event()
+        # The input ledger's view (``input/state``): lifecycle state and its transitions.
+        self.persisted: Optional[JsonDict] = None  # persisted_input; None: a plain prompt
+        self.wake_mode = "wake_if_idle"
+        self.current_state = "accepted"
+        self.transitions: List[JsonDict] = []
+        self.terminal: Optional[JsonDict] = None
+        self.last_run_id: Optional[str] = None
+        self.created_at = self.updated_at = rfc3339()
+
+    def move(self, to: str, reason: str) -> None:
+        stamp = rfc3339()
+        self.transitions.append({"timestamp": stamp, "from": self.current_state, "to": to, "reason": reason})
+        self.current_state = to
+        self.updated_at = stamp
 
 
 class SessionRuntime:
@@ -83,7 +106,11 @@ class SessionRuntime:
         self._loop: Optional[threading.Thread] = None
         self._detached = False
         self._closed = False
+        self._retired = False
         self._idle_state = "attached"
+        self._records: Dict[str, Input] = {}
+        # Re-accepted inputs (a header id seen before): listed, never run, dropped by reset.
+        self._stuck: List[Input] = []
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -92,14 +119,25 @@ class SessionRuntime:
         """The loop is working through the queue (running, or between replays)."""
         return self._loop is not None
 
+    @property
+    def retired(self) -> bool:
+        return self._retired
+
     def state(self) -> str:
         with self._cond:
+            if self._retired:
+                return "retired"
             return "running" if self._loop is not None else self._idle_state
 
     def input_ids(self) -> List[str]:
         with self._cond:
             head = [self._running.id] if self._running is not None else []
-            return head + [item.id for item in self._queue]
+            return head + [item.id for item in self._queue] + [item.id for item in self._stuck]
+
+    def record(self, input_id: str) -> Optional[Input]:
+        """Any input this runtime was given (``input/state``), finished ones included."""
+        with self._cond:
+            return self._records.get(input_id)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -109,6 +147,10 @@ class SessionRuntime:
             if self._closed:
                 answer(item, RunOutcome(error=RpcError(INTERNAL_ERROR, RUNTIME_UNREGISTERED)))
                 return
+            if self._loop is not None:
+                item.wake_mode = "none"
+            item.move("queued", "QueueAccepted")
+            self._records[item.id] = item
             self._queue.append(item)
         if wake:
             self.wake()
@@ -133,14 +175,34 @@ class SessionRuntime:
             elif item in self._queue:
                 item.cancel_at_start = True
 
+    def accept_again(self, item: Input) -> None:
+        """``runtime/accept`` of a header id seen before: a new record that never runs."""
+        with self._cond:
+            self._records[item.id] = item
+            self._stuck.append(item)
+
+    def retire(self) -> Tuple[int, int]:
+        """``runtime/retire``: refuse new inputs; the queued ones still drain."""
+        with self._cond:
+            if self._retired:
+                transition = "Internal error: Invalid runtime state transition: retired -> retired"
+                raise RpcError(INVALID_PARAMS, transition)
+            self._retired = True
+            return 0, len(self._queue)
+
     def reset(self) -> int:
-        """``runtime/reset``: drop every queued input; refused while the loop runs."""
+        """``runtime/reset``: drop every queued input, end a retirement; refused while running."""
         with self._cond:
             if self._loop is not None:
                 raise RpcError(INVALID_PARAMS, RUNTIME_NOT_READY)
-            dropped = list(self._queue)
+            dropped = list(self._queue) + self._stuck
             self._queue.clear()
+            self._stuck = []
+            self._retired = False
             self._idle_state = "idle"
+            for item in dropped:
+                item.move("abandoned", "Abandon { reason: Reset }")
+                item.terminal = {"outcome_type": "abandoned", "reason": "reset"}
         for item in dropped:
             answer(item, RunOutcome(error=RpcError(INTERNAL_ERROR, "runtime terminated: runtime reset")))
         return len(dropped)
@@ -183,6 +245,8 @@ class SessionRuntime:
                 self._loop = None
                 return None
             self._running = self._queue.popleft()
+            self._running.last_run_id = run_id = uuid7()
+            self._running.move("staged", f"StageForRun {{ run_id: RunId({run_id}) }}")
             return self._running
 
     def _run_loop(self) -> None:
@@ -213,6 +277,7 @@ class SessionRuntime:
             if self._closed:
                 self._loop = None
                 return None
+            self._ledger(item, outcome)
             if outcome.failed and not item.cancel_at_start:
                 item.interrupt.clear()
                 self._queue.appendleft(item)
@@ -227,6 +292,23 @@ class SessionRuntime:
                 self._loop = None
                 return None
             return False
+
+
+    @staticmethod
+    def _ledger(item: Input, outcome: RunOutcome) -> None:
+        """The input's lifecycle after a run: consumed, or back to queued for the replay."""
+        if outcome.failed:
+            if item.cancel_at_start:
+                item.move("abandoned", "Abandon { reason: Cancelled }")
+                item.terminal = {"outcome_type": "abandoned", "reason": "cancelled"}
+            else:
+                item.move("queued", "RollbackStaged")
+            return
+        run = f"run_id: RunId({item.last_run_id})"
+        item.move("applied", f"MarkApplied {{ {run} }}")
+        item.move("applied_pending_consumption", "MarkAppliedPendingConsumption { boundary_sequence: 0 }")
+        item.move("consumed", "Consume")
+        item.terminal = {"outcome_type": "consumed"}
 
 
 def answer(item: Input, outcome: RunOutcome) -> None:

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import traceback
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from meerkat_sync.testing import _fake_admin, _fake_inputs, _fake_mobs, _fake_streams
 from meerkat_sync.testing import _fake_params as params_schema
@@ -50,7 +50,13 @@ from meerkat_sync.testing._fake_params import (
     with_instructions,
 )
 from meerkat_sync.testing._fake_run import Run, RunEnv, abandoned, failure
-from meerkat_sync.testing._fake_runtime import Input, Respond, RunOutcome, SessionRuntime
+from meerkat_sync.testing._fake_runtime import (
+    RUNTIME_RETIRED,
+    Input,
+    Respond,
+    RunOutcome,
+    SessionRuntime,
+)
 from meerkat_sync.testing._fake_schema import OutputSchema
 from meerkat_sync.testing._fake_script import (
     ProviderErrorSpec,
@@ -182,6 +188,7 @@ class Server:
             "input/list": self._input_list,
             "blob/get": self._blob_get,
         }
+        self.streams = _fake_streams.StreamHub(self)  # subscriptions; mob code publishes here
         for family in (_fake_streams, _fake_admin, _fake_inputs, _fake_mobs):
             self._handlers.update(family.handlers(self))
         for method in config.without_methods:
@@ -425,6 +432,8 @@ class Server:
             session.keep_alive = True
         if session is None or (session.archived and not session.orphaned):
             raise abandoned(f"session not found: {session_id}")
+        if session.runtime.retired:
+            raise RpcError(INTERNAL_ERROR, RUNTIME_RETIRED)
         prompt = with_instructions(admit(params["prompt"]), params.get("additional_instructions"))
         return self._submit(session, Input(prompt, self._respond_to(message, ctx), turn=params), ctx)
 
@@ -435,7 +444,8 @@ class Server:
         check_skill_aliases(params.get("skill_refs"), params.get("skill_references"))
         _check_peer_meta(params.get("peer_meta"))
         deferred = params.get("initial_turn") == "deferred"
-        session = self.store.create(_session_config(params), params["prompt"] if deferred else None)
+        config = _session_config(params, self.tools)
+        session = self.store.create(config, params["prompt"] if deferred else None)
         if deferred:  # kept as sent: the merge with the first turn's prompt flattens it
             return {"session_id": session.session_id, "session_ref": session.session_ref}
         prompt = admit(params["prompt"])
@@ -528,6 +538,8 @@ class Server:
             session.archived = True
             session.orphaned = False
             session.runtime.unregister()
+        # Its event source is gone: open streams end before the archive response (probe §2).
+        self.streams.end(_fake_streams.session_topic(session.session_id), "remote_end")
         return {"archived": True}
 
     def _runtime_state(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
@@ -547,7 +559,7 @@ class Server:
         return {"blob_id": blob, "media_type": stored[0], "data": stored[1]}
 
 
-def _session_config(params: JsonDict) -> SessionConfig:
+def _session_config(params: JsonDict, registered: Mapping[str, JsonDict]) -> SessionConfig:
     model = params.get("model") or DEFAULT_MODEL
     system_prompt = params.get("system_prompt") or DEFAULT_SYSTEM_PROMPT
     for section in params.get("additional_instructions") or ():
@@ -560,6 +572,7 @@ def _session_config(params: JsonDict) -> SessionConfig:
         system_prompt=system_prompt,
         comms_name=params.get("comms_name"),
         tools=session_tools(params),
+        callback_tools=frozenset([*registered, *(t["name"] for t in params.get("external_tools") or ())]),
         output_schema=_output_schema(params.get("output_schema")),
         structured_output_retries=DEFAULT_STRUCTURED_OUTPUT_RETRIES if retries is None else retries,
         budget_limits=params.get("budget_limits"),

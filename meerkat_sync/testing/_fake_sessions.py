@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from meerkat_sync.testing._fake_constants import (
     INTERNAL_ERROR,
@@ -155,6 +155,7 @@ class SessionConfig:
         output_schema: Optional[OutputSchema],
         structured_output_retries: int,
         budget_limits: Optional[JsonDict],
+        callback_tools: FrozenSet[str] = frozenset(),
     ) -> None:
         self.model = model
         self.provider = provider
@@ -165,6 +166,9 @@ class SessionConfig:
         self.output_schema = output_schema
         self.structured_output_retries = structured_output_retries
         self.budget_limits = budget_limits
+        #: Tools answered by the client (``tool/execute``): ``external_tools`` and the tools
+        #: registered when the session was created (later registrations never reach it).
+        self.callback_tools = callback_tools
 
 
 class Session:

@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import time
-from typing import IO, Any, Deque, Dict, List, Optional, Union
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Union
 
 from meerkat_sync.testing._fake_constants import PARSE_ERROR
 
@@ -218,6 +218,9 @@ class Writer:
         self._queue: Optional[Deque[bytes]] = None
         self._capacity = event_queue or 0
         self._queued = threading.Condition()
+        #: Sees every notification batch first and returns the lines still to write
+        #: (the subscriptions' copies, _fake_streams.StreamHub).
+        self.tap: Optional[Callable[[List[bytes]], List[bytes]]] = None
         if event_queue is not None:
             self._queue = collections.deque()
             threading.Thread(target=self._drain, name="notification-writer", daemon=True).start()
@@ -235,6 +238,10 @@ class Writer:
 
     def write_events(self, lines: List[bytes]) -> None:
         """Notification lines, in order; with a queue, the ones that do not fit are dropped."""
+        if self.tap is not None:
+            lines = self.tap(lines)
+            if not lines:
+                return
         if self._queue is None:
             self.write(b"".join(lines))
             return
