@@ -158,7 +158,9 @@ def test_external_event_while_busy_waits_its_turn(backend: Backend) -> None:
         next(events)  # run_started: the slow turn is running
         result = client.send_external_event(session.id, 1, source="busy")
         assert result.policy is not None and result.policy["wake_mode"] == "none"
-        assert client.runtime_state(session.id).state == "running"
+        # The real 0.5.0 says "running" or "attached" here (both seen, 5 runs of this test):
+        # its state does not reliably show a turn/start run.
+        assert client.runtime_state(session.id).state in ("running", "attached")
         assert client.input_list(session.id)[-1] == result.input_id
         for _ in events:
             pass

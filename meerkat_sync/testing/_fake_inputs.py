@@ -149,6 +149,8 @@ def input_state(item: Input, struct_order: bool = False) -> JsonDict:
     out["persisted_input"] = persisted if struct_order else _sorted(persisted)
     if item.last_run_id is not None:
         out["last_run_id"] = item.last_run_id
+    if item.last_boundary_sequence is not None:
+        out["last_boundary_sequence"] = item.last_boundary_sequence
     out.update({"created_at": item.created_at, "updated_at": item.updated_at})
     return out
 

@@ -85,6 +85,7 @@ class Input:
         self.transitions: List[JsonDict] = []
         self.terminal: Optional[JsonDict] = None
         self.last_run_id: Optional[str] = None
+        self.last_boundary_sequence: Optional[int] = None  # set once applied at a boundary
         self.created_at = self.updated_at = rfc3339()
 
     def move(self, to: str, reason: str) -> None:
@@ -307,6 +308,7 @@ class SessionRuntime:
         run = f"run_id: RunId({item.last_run_id})"
         item.move("applied", f"MarkApplied {{ {run} }}")
         item.move("applied_pending_consumption", "MarkAppliedPendingConsumption { boundary_sequence: 0 }")
+        item.last_boundary_sequence = 0
         item.move("consumed", "Consume")
         item.terminal = {"outcome_type": "consumed"}
 
