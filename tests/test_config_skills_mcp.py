@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, List
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 from conftest import Backend, fake
@@ -13,7 +13,9 @@ from meerkat_sync import (
     ConfigConflictError,
     ConfigEnvelope,
     McpLiveOpResponse,
+    MeerkatClient,
     MeerkatError,
+    Session,
     SessionNotFoundError,
     SkillNotFoundError,
     ToolConfigChanged,
@@ -251,6 +253,13 @@ def test_a_staged_add_is_announced_at_the_next_turn(backend: Backend) -> None:
 # --- bad input and gating (scripted runtime) ---------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Tuple[MeerkatClient, Session]]:
+    """One client and session for the bad-argument cases: none of them sends anything."""
+    with scripted_client(request_timeout=10.0) as client:
+        yield client, client.create_session("hi")
+
+
 @pytest.mark.parametrize(
     "call,needle",
     [
@@ -267,13 +276,14 @@ def test_a_staged_add_is_announced_at_the_next_turn(backend: Backend) -> None:
         (lambda c, e, s: c.patch_config({"max_tokens": 1}, timeout=-1), "timeout"),
     ],
 )
-def test_bad_config_arguments_are_rejected_before_sending(call: Callable[..., Any], needle: str) -> None:
-    with scripted_client(request_timeout=10.0) as client:
-        envelope = client.get_config()
-        session = client.create_session("hi")
-        with pytest.raises(MeerkatError) as info:
-            call(client, envelope, session)
-        assert client.get_config().generation == envelope.generation  # nothing was written
+def test_bad_config_arguments_are_rejected_before_sending(
+    call: Callable[..., Any], needle: str, shared: Tuple[MeerkatClient, Session]
+) -> None:
+    client, session = shared
+    envelope = client.get_config()
+    with pytest.raises(MeerkatError) as info:
+        call(client, envelope, session)
+    assert client.get_config().generation == envelope.generation  # nothing was written
     assert info.value.code == "INVALID_ARGS" and needle in info.value.message
 
 
@@ -295,13 +305,12 @@ def test_bad_config_arguments_are_rejected_before_sending(call: Callable[..., An
     ],
 )
 def test_bad_skill_and_mcp_arguments_are_rejected_before_sending(
-    call: Callable[..., Any], needle: str
+    call: Callable[..., Any], needle: str, shared: Tuple[MeerkatClient, Session]
 ) -> None:
-    with scripted_client(request_timeout=10.0) as client:
-        session = client.create_session("hi")
-        with pytest.raises(MeerkatError) as info:
-            call(client, session.id)
-        events = list(session.stream("next").envelopes())
+    client, session = shared
+    with pytest.raises(MeerkatError) as info:
+        call(client, session.id)
+    events = list(session.stream("next").envelopes())
     assert info.value.code == "INVALID_ARGS" and needle in info.value.message
     assert not any(isinstance(e.payload, ToolConfigChanged) for e in events)  # nothing was staged
 

@@ -30,7 +30,6 @@ from meerkat_sync.testing._fake_run import event_notification
 from meerkat_sync.testing._fake_wire import IncomingRequest, JsonDict, RpcError, json_kind
 
 if TYPE_CHECKING:
-    from meerkat_sync.testing._fake_runtime import Input, RunOutcome
     from meerkat_sync.testing._fake_server import Handler, RequestCtx, Server
     from meerkat_sync.testing._fake_sessions import Session
 
@@ -230,14 +229,7 @@ class Admin:
 def handlers(server: Server) -> Dict[str, Handler]:
     """This family's methods, bound to server."""
     admin = Admin(server)
-    run_input = server._execute
-
-    def execute(session: Session, item: Input) -> RunOutcome:
-        admin.before_run(session)
-        return run_input(session, item)
-
-    # The run boundary of MCP staging: every run goes through Server._execute.
-    setattr(server, "_execute", execute)  # noqa: B010
+    server.before_run.append(admin.before_run)  # staged MCP changes apply as a run starts
     return {
         "config/get": admin.config_get,
         "config/set": admin.config_set,

@@ -189,6 +189,8 @@ class Server:
             "blob/get": self._blob_get,
         }
         self.streams = _fake_streams.StreamHub(self)  # subscriptions; mob code publishes here
+        #: Called with the session at the start of each of its runs (MCP staging applies there).
+        self.before_run: List[Callable[[Session], None]] = []
         for family in (_fake_streams, _fake_admin, _fake_inputs, _fake_mobs):
             self._handlers.update(family.handlers(self))
         for method in config.without_methods:
@@ -365,6 +367,8 @@ class Server:
 
     def _execute(self, session: Session, item: Input) -> RunOutcome:
         """Run one input on its session (called on the session's runtime loop)."""
+        for hook in self.before_run:
+            hook(session)
         if item.cancel_at_start or item.interrupt.is_set():
             return failure(f"agent error: {RUN_CANCELLED}")
         was_pending = session.pending
