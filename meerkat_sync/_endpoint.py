@@ -12,11 +12,11 @@ import itertools
 import logging
 import re
 import threading
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple, Union
 
 from ._codec import encode, line_decoder
 from ._deadline import Slot
-from ._server_requests import ServerRequests
+from ._server_requests import ServerRequests, TimedHandler
 from ._writer import WRITING, WRITTEN, Ticket
 from .errors import MeerkatError, error_from_rpc
 
@@ -31,7 +31,6 @@ _PARSE_ERROR = -32700
 #: Methods the ``cancel`` notification can stop (§1.7).
 LONG_RUNNING = frozenset({"session/create", "turn/start"})
 
-RequestHandler = Callable[[Any], Any]
 NotificationHandler = Callable[[str, Dict[str, Any]], None]
 
 
@@ -296,7 +295,7 @@ class Endpoint:
 
     # --- server -> client requests ---------------------------------------------------------
 
-    def register_handler(self, method: str, handler: Any) -> None:
+    def register_handler(self, method: str, handler: Union[TimedHandler, Callable[[Any], Any]]) -> None:
         """Answer ``method`` with ``handler``: a ``TimedHandler`` or ``fn(params) -> result``."""
         self._server_requests.register(method, handler)
 

@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._codec import encode
 from ._writer import Ticket
@@ -84,7 +84,7 @@ class ServerRequests:
         self._watcher: Optional[threading.Thread] = None
         self._closed = False
 
-    def register(self, method: str, handler: Any) -> None:
+    def register(self, method: str, handler: Union[TimedHandler, Callable[[Any], Any]]) -> None:
         """Serve ``method`` with a :class:`TimedHandler` or a plain ``fn(params) -> result``."""
         self._handlers[method] = handler if isinstance(handler, TimedHandler) else _Plain(handler)
 

@@ -2076,7 +2076,16 @@ def test_startup_flags_and_fake_handshake_overrides(spawn: Callable[..., Wire], 
     assert wire.close() == 0
 
 
-def test_fake_rkat_command_helper() -> None:
+def test_fake_rkat_command_helper_starts_the_runtime_without_the_client() -> None:
     from meerkat_sync.testing.fake_rkat import fake_rkat_command
 
-    assert fake_rkat_command("--realm", "r") == [sys.executable, "-m", MODULE, "--realm", "r"]
+    command = fake_rkat_command("--realm", "r")
+    assert command[0] == sys.executable and command[-2:] == ["--realm", "r"]
+    # The same runtime as the module form, which imports the whole client first.
+    timed = [sys.executable, "-X", "importtime", *command[1:-2], "--version"]
+    boot = subprocess.run(timed, capture_output=True, text=True, timeout=60)
+    as_module = [*timed[:3], "-m", MODULE, "--version"]
+    module = subprocess.run(as_module, capture_output=True, text=True, timeout=60)
+    assert boot.returncode == module.returncode == 0 and boot.stdout == module.stdout == "rkat-rpc 0.5.0\n"
+    assert "meerkat_sync._client" in module.stderr
+    assert "meerkat_sync._client" not in boot.stderr and "meerkat_sync.testing._fake_server" in boot.stderr
