@@ -627,9 +627,15 @@ class MeerkatClient(
 def _input_left_queued(error: Optional[BaseException]) -> bool:
     """Did a failed turn leave its input in the runtime's queue (to be replayed)?
 
-    Only a server's answer says so; params it rejected up front (-32602) never got there.
+    Only a server's answer says so; params it rejected up front (-32602) never got there,
+    nor did a turn a retired runtime refused (resetting it would undo the retirement).
     """
-    return isinstance(error, MeerkatError) and error.rpc_code is not None and error.rpc_code != -32602
+    return (
+        isinstance(error, MeerkatError)
+        and error.rpc_code is not None
+        and error.rpc_code != -32602
+        and error.code != "RUNTIME_NOT_READY"
+    )
 
 
 #: Clients to close at interpreter exit, so no rkat-rpc outlives the script.

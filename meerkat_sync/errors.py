@@ -129,7 +129,13 @@ _ERROR_CLASSES: Dict[str, Type[MeerkatError]] = {
 
 
 #: How rkat-rpc 0.5.0 wraps a failure inside a run (PROTOCOL.md §8.3); stripped for the message.
-_RUN_FAILURE_PREFIXES = ("turn abandoned: ", "apply failed: ", "Apply failed: ", "agent error: ")
+_RUN_FAILURE_PREFIXES = (
+    "turn abandoned: ",
+    "runtime accept failed: ",
+    "apply failed: ",
+    "Apply failed: ",
+    "agent error: ",
+)
 
 _MAX_SESSIONS_ADVICE = (
     "a realm holds at most 64 sessions that are not archived, counted over every rkat-rpc "
@@ -148,6 +154,11 @@ RUN_FAILURES: Tuple[Tuple[str, str, str], ...] = (
     ("Hook denied", "HOOK_DENIED", "a hook refused the run"),
     ("Internal error: Max sessions reached", "MAX_SESSIONS_REACHED", _MAX_SESSIONS_ADVICE),
     ("Max sessions reached", "MAX_SESSIONS_REACHED", _MAX_SESSIONS_ADVICE),
+    (
+        "Runtime not ready",
+        "RUNTIME_NOT_READY",
+        "the session's runtime takes no input (runtime_retire); runtime_reset(session_id) restarts it",
+    ),
 )
 
 

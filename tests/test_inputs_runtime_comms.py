@@ -215,16 +215,20 @@ def test_retire_refuses_input_until_reset(backend: Backend) -> None:
         retired = client.runtime_retire(session.id)
         assert retired == RuntimeRetireResult(inputs_abandoned=0, inputs_pending_drain=0)
         assert client.runtime_state(session.id).state == "retired"
-        with pytest.raises(MeerkatError) as info:
-            session.turn("after retire")
-        assert info.value.rpc_code == -32603
-        assert info.value.message == "runtime accept failed: Runtime not ready: retired"
+        for attempt in ("after retire", "again"):  # a refused turn does not undo the retirement
+            with pytest.raises(MeerkatError) as info:
+                session.turn(attempt)
+            assert info.value.code == "RUNTIME_NOT_READY" and info.value.rpc_code == -32603
+            message = info.value.message
+            assert message.startswith("Runtime not ready: retired (") and "runtime_reset" in message
+            assert info.value.details["rpc_message"] == "runtime accept failed: Runtime not ready: retired"
+            assert client.runtime_state(session.id).state == "retired"
         rejected = client.runtime_accept(session.id, prompt_input("x"))
         assert rejected.outcome_type == "rejected" and not rejected.accepted
         assert rejected.reason == "runtime not accepting input while in state: retired"
         with pytest.raises(MeerkatError) as info:
             client.send_external_event(session.id, {})
-        assert info.value.message == "runtime accept failed: Runtime not ready: retired"
+        assert info.value.code == "RUNTIME_NOT_READY"
         assert session.inject_context("still staged").status == "staged"
         with pytest.raises(MeerkatError) as info:
             client.runtime_retire(session.id)
