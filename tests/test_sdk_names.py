@@ -8,6 +8,8 @@ this list forgot is caught.
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
@@ -221,3 +223,12 @@ def test_nothing_the_official_sdk_offers_is_missing(sdk_path: str, ours: type) -
             positional = param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
             mine_positional = my_params[param.name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
             assert positional == mine_positional, f"{ours.__name__}.{name}({param.name}) differs in kind"
+
+
+def test_the_readme_api_overview_names_every_one() -> None:
+    readme = (Path(__file__).parent.parent / "README.rst").read_text(encoding="utf-8")
+    start = readme.index("API overview\n------------")
+    overview = readme[start : readme.index("\nErrors\n------", start)]
+    names = {n for _, group in CASES for n in group} | {"EventSubscription", "Mob", "Member"}
+    missing = sorted(n for n in names if not re.search(rf"``@?(\w+\.)?{n}\b", overview))
+    assert not missing, f"README's API overview does not mention {missing}"
