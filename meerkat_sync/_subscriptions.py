@@ -338,8 +338,9 @@ class EventSubscription:
         """Close the stream on the server (once; later calls do nothing) and end iteration.
 
         Events not read yet are dropped. ``timeout`` bounds the close request (the client's
-        ``request_timeout`` by default). On a connection that is already gone there is
-        nothing to close, and nothing is raised.
+        ``request_timeout`` by default): when it runs out, :class:`MeerkatTimeoutError` is
+        raised, and the subscription is closed on this side all the same. On a connection
+        that is already gone there is nothing to close, and nothing is raised.
         """
         with self._lock:
             if self._closed:

@@ -70,6 +70,53 @@ def frozen() -> Iterator[MeerkatClient]:
 
 # --- 1. a frozen child ------------------------------------------------------------------
 
+SOME_SESSION = "0195e7a2-1c3b-7d40-9a51-2f6e0c9b8a11"
+
+#: One call of each 0.5.0 method family, each with its own ``timeout=``.
+FAMILY_CALLS = {
+    "config": lambda c: c.get_config(timeout=0.5),
+    "models": lambda c: c.get_models_catalog(timeout=0.5),
+    "skills": lambda c: c.list_skills(timeout=0.5),
+    "mcp": lambda c: c.mcp_reload(SOME_SESSION, timeout=0.5),
+    "inputs": lambda c: c.inject_context(SOME_SESSION, "text", timeout=0.5),
+    "external events": lambda c: c.send_external_event(SOME_SESSION, {"kind": "x"}, timeout=0.5),
+    "runtime": lambda c: c.runtime_state(SOME_SESSION, timeout=0.5),
+    "comms": lambda c: c.peers(SOME_SESSION, timeout=0.5),
+    "blobs": lambda c: c.get_blob("sha256:00", timeout=0.5),
+    "mobs": lambda c: c.list_mobs(timeout=0.5),
+    "mob handle": lambda c: c.mob("crew").status(timeout=0.5),
+    "subscriptions": lambda c: c.subscribe_session_events(SOME_SESSION, timeout=0.5),
+    "callback tools": lambda c: c.register_tool("lookup", lambda args: "x", timeout=0.5),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CALLS))
+def test_every_method_family_times_out_when_the_child_is_frozen(frozen: MeerkatClient, family: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(MeerkatError) as info:
+        FAMILY_CALLS[family](frozen)
+    assert info.value.code == "TIMEOUT" and time.monotonic() - started < 3
+
+
+def test_a_subscription_waits_and_closes_within_its_bounds_when_the_child_freezes() -> None:
+    with scripted_client(request_timeout=5, close_timeout=1) as client:
+        session = client.create_session("hi")
+        subscription = session.subscribe_events(idle_timeout=0.5)
+        assert client.pid is not None
+        os.kill(client.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(MeerkatError) as info:
+                next(iter(subscription))
+            assert info.value.code == "TIMEOUT" and time.monotonic() - started < 3
+            started = time.monotonic()
+            with pytest.raises(MeerkatError) as closing:
+                subscription.close(timeout=0.5)
+            assert closing.value.code == "TIMEOUT" and time.monotonic() - started < 3
+        finally:
+            os.kill(client.pid, signal.SIGCONT)
+
+
 
 def test_a_request_too_big_for_the_pipe_times_out_when_the_child_is_frozen(frozen: MeerkatClient) -> None:
     session = frozen.session("0195e7a2-1c3b-7d40-9a51-2f6e0c9b8a11")
