@@ -16,6 +16,8 @@ import types
 
 def _bare_packages() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        del sys.path[0]  # this file's folder: its modules are reached through the package
     for name, path in (("meerkat_sync", os.path.dirname(here)), ("meerkat_sync.testing", here)):
         package = types.ModuleType(name)
         package.__path__ = [path]
@@ -23,7 +25,6 @@ def _bare_packages() -> None:
 
 
 if __name__ == "__main__":
-    del sys.path[0]  # this file's folder: its modules are reached through the package
     _bare_packages()
     from meerkat_sync.testing.fake_rkat import main
 
