@@ -109,6 +109,18 @@ class ClientCalls:
         self._require_method(method, capability)
         return self._call(method, params, timeout)
 
+    def _gated_typed(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        cls: Type[T],
+        timeout: Timeout = USE_DEFAULT,
+        *,
+        capability: Optional[str] = None,
+    ) -> T:
+        """:meth:`_gated`, its result as ``cls``."""
+        return typed(method, self._gated(method, params, timeout, capability=capability), cls)
+
 
 def typed(method: str, reply: Any, cls: Type[T]) -> T:
     """``reply`` as ``cls``; a shape the converter cannot read is the server's fault."""
@@ -117,6 +129,11 @@ def typed(method: str, reply: Any, cls: Type[T]) -> T:
     except Exception as exc:
         problem = f"{method} returned a result of unexpected shape: {exc}"
         raise MeerkatError("INVALID_RESPONSE", problem) from exc
+
+
+def listed(method: str, reply: Any, key: str, cls: Type[T]) -> List[T]:
+    """``reply[key]`` as a list of ``cls`` (most list results are wrapped in an object)."""
+    return typed(method, object_reply(method, reply).get(key), List[cls])  # type: ignore[valid-type]
 
 
 def object_reply(method: str, reply: Any) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-from ._calls import ClientCalls, typed
+from ._calls import ClientCalls
 from ._deadline import USE_DEFAULT, Timeout
 from ._mcp import McpMethods
 from ._params import _json, invalid
@@ -56,7 +56,7 @@ class ConfigMethods(SkillMethods, McpMethods, ClientCalls):
 
     def get_config(self, *, timeout: Timeout = USE_DEFAULT) -> ConfigEnvelope:
         """The realm config and its ``generation`` (the official SDK returns the same as a dict)."""
-        return typed("config/get", self._gated("config/get", {}, timeout), ConfigEnvelope)
+        return self._gated_typed("config/get", {}, ConfigEnvelope, timeout)
 
     def set_config(
         self,
@@ -76,7 +76,7 @@ class ConfigMethods(SkillMethods, McpMethods, ClientCalls):
         Raises :class:`ConfigConflictError` when the generation moved on.
         """
         params = _with_generation({"config": _config_object(config, "config")}, expected_generation)
-        return typed("config/set", self._gated("config/set", params, timeout), ConfigEnvelope)
+        return self._gated_typed("config/set", params, ConfigEnvelope, timeout)
 
     def patch_config(
         self,
@@ -92,8 +92,8 @@ class ConfigMethods(SkillMethods, McpMethods, ClientCalls):
         Raises :class:`ConfigConflictError` when ``expected_generation`` no longer matches.
         """
         params = _with_generation({"patch": _config_object(patch, "patch")}, expected_generation)
-        return typed("config/patch", self._gated("config/patch", params, timeout), ConfigEnvelope)
+        return self._gated_typed("config/patch", params, ConfigEnvelope, timeout)
 
     def get_models_catalog(self, *, timeout: Timeout = USE_DEFAULT) -> ModelsCatalog:
         """The models this runtime knows, by provider, with each provider's default."""
-        return typed("models/catalog", self._gated("models/catalog", {}, timeout), ModelsCatalog)
+        return self._gated_typed("models/catalog", {}, ModelsCatalog, timeout)

@@ -149,8 +149,7 @@ class InputMethods(ClientCalls):
         params["payload"] = _json(payload, "payload")
         if _optional_str(source, "source") is not None:
             params["source"] = source
-        reply = self._gated("session/external_event", params, timeout)
-        return typed("session/external_event", reply, RuntimeAcceptResult)
+        return self._gated_typed("session/external_event", params, RuntimeAcceptResult, timeout)
 
     # --- transcript and blobs ---------------------------------------------------------------
 
@@ -164,14 +163,13 @@ class InputMethods(ClientCalls):
     ) -> SessionHistory:
         """One page of a session's transcript, oldest message first (``Session.history``)."""
         params = {"session_id": session_id_arg(session_id), **page_args(offset, limit)}
-        return typed("session/history", self._gated("session/history", params, timeout), SessionHistory)
+        return self._gated_typed("session/history", params, SessionHistory, timeout)
 
     def get_blob(self, blob_id: str, *, timeout: Timeout = USE_DEFAULT) -> BlobPayload:
         """A stored blob by id, e.g. the ``blob_id`` of an image block in the history."""
         if not isinstance(blob_id, str) or not blob_id:
             raise invalid(f"blob_id must be a non-empty string like 'sha256:...', not {blob_id!r}")
-        reply = self._gated("blob/get", {"blob_id": blob_id}, timeout)
-        return typed("blob/get", reply, BlobPayload)
+        return self._gated_typed("blob/get", {"blob_id": blob_id}, BlobPayload, timeout)
 
     # --- runtime and input ledger -----------------------------------------------------------
 
@@ -192,7 +190,7 @@ class InputMethods(ClientCalls):
         if not isinstance(input, Mapping) or not isinstance(input.get("input_type"), str):
             raise invalid("input must be a dict with an 'input_type' such as 'prompt' (see runtime_accept)")
         params = {"session_id": session_id_arg(session_id), "input": _json(dict(input), "input")}
-        return typed("runtime/accept", self._gated("runtime/accept", params, timeout), RuntimeAcceptResult)
+        return self._gated_typed("runtime/accept", params, RuntimeAcceptResult, timeout)
 
     def runtime_retire(self, session_id: str, *, timeout: Timeout = USE_DEFAULT) -> RuntimeRetireResult:
         """Stop the runtime taking input: queued inputs still run, new turns fail until a reset."""
@@ -252,5 +250,4 @@ class InputMethods(ClientCalls):
         return object_reply("comms/peers", self._gated("comms/peers", params, timeout, capability="comms"))
 
     def _session_call(self, method: str, session_id: str, cls: Type[T], timeout: Timeout) -> T:
-        reply = self._gated(method, {"session_id": session_id_arg(session_id)}, timeout)
-        return typed(method, reply, cls)
+        return self._gated_typed(method, {"session_id": session_id_arg(session_id)}, cls, timeout)

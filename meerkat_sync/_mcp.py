@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-from ._calls import ClientCalls, typed
+from ._calls import ClientCalls
 from ._deadline import USE_DEFAULT, Timeout
 from ._params import _json, invalid, session_id_arg
 from .types import McpLiveOpResponse
@@ -44,7 +44,7 @@ class McpMethods(ClientCalls):
     """Live changes to a session's MCP servers."""
 
     def _mcp(self, method: str, params: Dict[str, Any], timeout: Timeout) -> McpLiveOpResponse:
-        return typed(method, self._gated(method, params, timeout, capability="mcp_live"), McpLiveOpResponse)
+        return self._gated_typed(method, params, McpLiveOpResponse, timeout, capability="mcp_live")
 
     def mcp_add(
         self,

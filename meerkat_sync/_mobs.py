@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
-from ._calls import ClientCalls, object_reply, typed
+from ._calls import ClientCalls, listed, object_reply
 from ._deadline import USE_DEFAULT, Timeout
 from ._mob_handle import Member, Mob
 from ._params import _object, _str_list, _str_map, invalid, positive_int, prompt_to_wire
@@ -159,11 +159,6 @@ def _fork_context(value: Any, name: str) -> Dict[str, Any]:
     )
 
 
-def _listed(method: str, reply: Any, key: str, cls: Type[T]) -> List[T]:
-    """``reply[key]`` as a list of ``cls``."""
-    return typed(method, object_reply(method, reply).get(key), List[cls])  # type: ignore[valid-type]
-
-
 # --- the client's calls -----------------------------------------------------------------------
 
 
@@ -175,6 +170,9 @@ class MobMethods(ClientCalls):
     def _mob(self, method: str, params: Mapping[str, Any], timeout: Timeout) -> Any:
         return self._gated(method, params, timeout, capability="mob")
 
+    def _mob_typed(self, method: str, params: Mapping[str, Any], cls: Type[T], timeout: Timeout) -> T:
+        return self._gated_typed(method, params, cls, timeout, capability="mob")
+
     def _waiting(self, timeout: Timeout) -> Timeout:
         """Calls that wait for a member's turn get the turn timeout, not the request timeout."""
         return self._turn_timeout if timeout is USE_DEFAULT else timeout
@@ -183,7 +181,7 @@ class MobMethods(ClientCalls):
 
     def list_mob_prefabs(self, *, timeout: Timeout = USE_DEFAULT) -> List[MobPrefab]:
         """The built-in mob templates, each with its TOML definition to copy and adapt."""
-        return _listed("mob/prefabs", self._mob("mob/prefabs", {}, timeout), "prefabs", MobPrefab)
+        return listed("mob/prefabs", self._mob("mob/prefabs", {}, timeout), "prefabs", MobPrefab)
 
     def list_mob_tools(self, *, timeout: Timeout = USE_DEFAULT) -> List[Dict[str, Any]]:
         """The tools ``call_mob_tool`` runs, MCP-shaped (``name``, ``description``, ``inputSchema``)."""
@@ -230,18 +228,16 @@ class MobMethods(ClientCalls):
 
     def list_mobs(self, *, timeout: Timeout = USE_DEFAULT) -> List[MobSummary]:
         """Every live mob of this runtime and its state; destroyed mobs are gone."""
-        return _listed("mob/list", self._mob("mob/list", {}, timeout), "mobs", MobSummary)
+        return listed("mob/list", self._mob("mob/list", {}, timeout), "mobs", MobSummary)
 
     def mob_status(self, mob_id: str, *, timeout: Timeout = USE_DEFAULT) -> MobSummary:
         """The mob's lifecycle state (``"Running"``, ``"Stopped"``, ``"Completed"``, ...)."""
-        return typed(
-            "mob/status", self._mob("mob/status", {"mob_id": _text(mob_id, "mob_id")}, timeout), MobSummary
-        )
+        return self._mob_typed("mob/status", {"mob_id": _text(mob_id, "mob_id")}, MobSummary, timeout)
 
     def list_mob_members(self, mob_id: str, *, timeout: Timeout = USE_DEFAULT) -> List[MobMember]:
         """The mob's roster, retiring members included."""
         reply = self._mob("mob/members", {"mob_id": _text(mob_id, "mob_id")}, timeout)
-        return _listed("mob/members", reply, "members", MobMember)
+        return listed("mob/members", reply, "members", MobMember)
 
     def list_mob_events(
         self, mob_id: str, *, after_cursor: int = 0, limit: int = 100, timeout: Timeout = USE_DEFAULT
@@ -254,7 +250,7 @@ class MobMethods(ClientCalls):
             "after_cursor": after_cursor,
             "limit": positive_int(limit, "limit"),
         }
-        return _listed("mob/events", self._mob("mob/events", params, timeout), "events", MobEvent)
+        return listed("mob/events", self._mob("mob/events", params, timeout), "events", MobEvent)
 
     def mob_lifecycle(self, mob_id: str, action: str, *, timeout: Timeout = USE_DEFAULT) -> None:
         """``stop``, ``resume``, ``complete``, ``reset`` or ``destroy`` the mob."""
@@ -291,7 +287,7 @@ class MobMethods(ClientCalls):
             additional_instructions=additional_instructions,
         )
         params = {"mob_id": _text(mob_id, "mob_id"), **_spawn_spec(spec)}
-        return typed("mob/spawn", self._mob("mob/spawn", params, timeout), MobSpawnReceipt)
+        return self._mob_typed("mob/spawn", params, MobSpawnReceipt, timeout)
 
     def spawn_mob_members(
         self, mob_id: str, specs: Sequence[MobSpawnSpec], *, timeout: Timeout = USE_DEFAULT
@@ -307,7 +303,7 @@ class MobMethods(ClientCalls):
                 raise invalid(f"specs[{i}] must be a dict, not {type(spec).__name__}")
             checked.append(_spawn_spec(spec, f"specs[{i}]"))
         params = {"mob_id": _text(mob_id, "mob_id"), "specs": checked}
-        return _listed(
+        return listed(
             "mob/spawn_many", self._mob("mob/spawn_many", params, timeout), "results", MobSpawnResult
         )
 
@@ -326,7 +322,7 @@ class MobMethods(ClientCalls):
         """Replace a member with a fresh session of the same profile, restoring its wiring."""
         params = _member(mob_id, meerkat_id)
         _put(params, "initial_message", initial_message, prompt_to_wire)
-        return typed("mob/respawn", self._mob("mob/respawn", params, timeout), MobRespawnResult)
+        return self._mob_typed("mob/respawn", params, MobRespawnResult, timeout)
 
     def force_cancel_mob_member(
         self, mob_id: str, meerkat_id: str, *, timeout: Timeout = USE_DEFAULT
@@ -338,8 +334,7 @@ class MobMethods(ClientCalls):
         self, mob_id: str, meerkat_id: str, *, timeout: Timeout = USE_DEFAULT
     ) -> MobMemberSnapshot:
         """The member's execution snapshot; an id not in the roster reads ``status="unknown"``."""
-        reply = self._mob("mob/member_status", _member(mob_id, meerkat_id), timeout)
-        return typed("mob/member_status", reply, MobMemberSnapshot)
+        return self._mob_typed("mob/member_status", _member(mob_id, meerkat_id), MobMemberSnapshot, timeout)
 
     def wait_mob_kickoff(
         self,
@@ -354,7 +349,7 @@ class MobMethods(ClientCalls):
         _put(params, "member_ids", member_ids, _str_list)
         _put(params, "timeout_ms", timeout_ms, positive_int)
         reply = self._mob("mob/wait_kickoff", params, self._waiting(timeout))
-        return _listed("mob/wait_kickoff", reply, "members", MobKickoffMemberSnapshot)
+        return listed("mob/wait_kickoff", reply, "members", MobKickoffMemberSnapshot)
 
     def spawn_mob_helper(
         self,
@@ -370,8 +365,7 @@ class MobMethods(ClientCalls):
         """Run ``prompt`` on a short-lived member and return its answer (waits: the turn timeout applies)."""
         params: Dict[str, Any] = {"mob_id": _text(mob_id, "mob_id"), "prompt": _text(prompt, "prompt")}
         _helper_options(params, meerkat_id, profile_name, runtime_mode, backend)
-        reply = self._mob("mob/spawn_helper", params, self._waiting(timeout))
-        return typed("mob/spawn_helper", reply, MobHelperResult)
+        return self._mob_typed("mob/spawn_helper", params, MobHelperResult, self._waiting(timeout))
 
     def fork_mob_helper(
         self,
@@ -394,8 +388,7 @@ class MobMethods(ClientCalls):
         }
         _helper_options(params, meerkat_id, profile_name, runtime_mode, backend)
         _put(params, "fork_context", fork_context, _fork_context)
-        reply = self._mob("mob/fork_helper", params, self._waiting(timeout))
-        return typed("mob/fork_helper", reply, MobHelperResult)
+        return self._mob_typed("mob/fork_helper", params, MobHelperResult, self._waiting(timeout))
 
     def wire_mob_members(
         self, mob_id: str, member: str, peer: PeerTarget, *, timeout: Timeout = USE_DEFAULT
@@ -424,7 +417,7 @@ class MobMethods(ClientCalls):
         params["content"] = prompt_to_wire(content, "content")
         params["handling_mode"] = _choice(handling_mode, "handling_mode", HANDLING_MODES)
         _put(params, "render_metadata", render_metadata, _render_metadata)
-        return typed("mob/send", self._mob("mob/send", params, timeout), MemberDeliveryReceipt)
+        return self._mob_typed("mob/send", params, MemberDeliveryReceipt, timeout)
 
     def append_mob_system_context(
         self,
@@ -441,15 +434,14 @@ class MobMethods(ClientCalls):
         params["text"] = _text(text, "text")
         _put(params, "source", source, _text)
         _put(params, "idempotency_key", idempotency_key, _text)
-        reply = self._mob("mob/append_system_context", params, timeout)
-        return typed("mob/append_system_context", reply, MobSystemContextReceipt)
+        return self._mob_typed("mob/append_system_context", params, MobSystemContextReceipt, timeout)
 
     # -- flows -------------------------------------------------------------------------------
 
     def list_mob_flows(self, mob_id: str, *, timeout: Timeout = USE_DEFAULT) -> List[str]:
         """The ids of the flows the mob's definition declares."""
         reply = self._mob("mob/flows", {"mob_id": _text(mob_id, "mob_id")}, timeout)
-        return typed("mob/flows", object_reply("mob/flows", reply).get("flows"), List[str])
+        return listed("mob/flows", reply, "flows", str)
 
     def run_mob_flow(
         self,

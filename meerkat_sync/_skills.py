@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from ._calls import ClientCalls, object_reply, typed
+from ._calls import ClientCalls, listed
 from ._deadline import USE_DEFAULT, Timeout
 from ._params import invalid
-from .errors import MeerkatError
 from .types import SkillDetails, SkillInfo
 
 
@@ -16,11 +15,8 @@ class SkillMethods(ClientCalls):
 
     def list_skills(self, *, timeout: Timeout = USE_DEFAULT) -> List[SkillInfo]:
         """Every skill the runtime sees (builtin, project, user), shadowed ones included."""
-        reply = object_reply("skills/list", self._gated("skills/list", {}, timeout, capability="skills"))
-        skills = reply.get("skills")
-        if not isinstance(skills, list):
-            raise MeerkatError("INVALID_RESPONSE", f"skills/list returned no 'skills' list: {reply!r}")
-        return typed("skills/list", skills, List[SkillInfo])
+        reply = self._gated("skills/list", {}, timeout, capability="skills")
+        return listed("skills/list", reply, "skills", SkillInfo)
 
     def inspect_skill(
         self, skill_id: str, *, source: Optional[str] = None, timeout: Timeout = USE_DEFAULT
@@ -37,5 +33,4 @@ class SkillMethods(ClientCalls):
             if not isinstance(source, str):
                 raise invalid(f"source must be a string or None, not {source!r}")
             params["source"] = source
-        reply = self._gated("skills/inspect", params, timeout, capability="skills")
-        return typed("skills/inspect", reply, SkillDetails)
+        return self._gated_typed("skills/inspect", params, SkillDetails, timeout, capability="skills")

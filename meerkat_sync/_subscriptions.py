@@ -28,6 +28,7 @@ from ._deadline import USE_DEFAULT, Deadline, Slot, Timeout, resolve_timeout, wa
 from ._endpoint import Endpoint
 from ._params import session_id_arg
 from ._routing import _DROPPABLE, OVERFLOW, STREAM_BUFFER, truncated
+from ._streaming import SEQ_GAP
 from .errors import MeerkatError, MeerkatTimeoutError
 from .events import AttributedEvent, Event, EventEnvelope
 
@@ -42,7 +43,6 @@ _RECENT = 1024
 OUTCOMES = ("explicit_close", "remote_end", "terminal_error")
 
 _STREAM_NOT_FOUND = "stream not found"
-_SEQ_GAP = "the server dropped events (seq gap)"
 
 
 class _End:
@@ -435,7 +435,7 @@ class EventSubscription:
             self._last_seq[source] = seq
             if last is not None and seq > last + 1:
                 self._held = item
-                return truncated(seq - last - 1, _SEQ_GAP)
+                return truncated(seq - last - 1, SEQ_GAP)
         return item
 
     def _take(self) -> Optional[Dict[str, Any]]:
