@@ -39,9 +39,6 @@ EARLY_LIMIT = 10000
 #: Ids of streams this client let go of, whose stragglers are dropped without a word.
 _RECENT = 1024
 
-#: The three ways the server ends a stream (``stream_end.outcome``).
-OUTCOMES = ("explicit_close", "remote_end", "terminal_error")
-
 _STREAM_NOT_FOUND = "stream not found"
 
 

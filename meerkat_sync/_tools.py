@@ -85,10 +85,6 @@ class ToolRegistry(TimedHandler):
         with self._lock:
             return [t.definition() for t in self._tools.values()]
 
-    def names(self) -> List[str]:
-        with self._lock:
-            return list(self._tools)
-
     def _lookup(self, params: Any) -> Optional[_Tool]:
         name = params.get("name") if isinstance(params, dict) else None
         with self._lock:
