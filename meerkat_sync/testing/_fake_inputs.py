@@ -26,7 +26,7 @@ from meerkat_sync.testing._fake_params import (
     string,
 )
 from meerkat_sync.testing._fake_runtime import RUNTIME_RETIRED, Input, SessionRuntime
-from meerkat_sync.testing._fake_wire import IncomingRequest, JsonDict, RpcError, error_response, response
+from meerkat_sync.testing._fake_wire import HANDLED, IncomingRequest, JsonDict, RpcError, response
 
 if TYPE_CHECKING:
     from meerkat_sync.testing._fake_server import Handler, RequestCtx, Server
@@ -225,29 +225,22 @@ class _Contexts:
 
 def handlers(server: Server) -> Dict[str, Handler]:
     """This family's methods, bound to server."""
-    from meerkat_sync.testing._fake_server import _HANDLED
-
     contexts = _Contexts()
     realm = server.config.realm
 
-    def params_or_null_id(struct: Struct, message: IncomingRequest) -> Optional[JsonDict]:
+    def params_or_null_id(struct: Struct, message: IncomingRequest) -> JsonDict:
         """Parse params the way handlers that forget the request id do: errors go out with id null."""
         try:
             return parse(struct, message.params, message.has_params)
         except RpcError as exc:
-            server.writer.send(error_response(None, exc.code, exc.message))
-            return None
-
-    def send_error(message: IncomingRequest, code: int, text: str, data: JsonDict) -> Any:
-        error = {"code": code, "message": text, "data": data}
-        server.writer.send({"jsonrpc": "2.0", "id": message.id, "error": error})
-        return _HANDLED
+            exc.null_id = True
+            raise
 
     def answer_then_run(message: IncomingRequest, runtime: SessionRuntime, result: JsonDict) -> Any:
         """The accept outcome goes out first; the run it starts follows (unsolicited events)."""
         server.writer.send(response(message.id, result))
         runtime.wake()
-        return _HANDLED
+        return HANDLED
 
     def inject_context(message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
         params = parse(INJECT_CONTEXT, message.params, message.has_params)
@@ -260,8 +253,6 @@ def handlers(server: Server) -> Dict[str, Handler]:
 
     def external_event(message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
         params = params_or_null_id(EXTERNAL_EVENT, message)
-        if params is None:
-            return _HANDLED
         session_id = parse_session_id(params["session_id"], realm)
         session = server.store.find(session_id)
         if session is None or session.archived:
@@ -333,32 +324,28 @@ def handlers(server: Server) -> Dict[str, Handler]:
 
     def comms_peers(message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
         params = params_or_null_id(COMMS_PEERS, message)
-        if params is None:
-            return _HANDLED
         comms_session(parse_session_id(params["session_id"], realm))
         return {"peers": []}  # one process, nobody trusted: the real server lists none either
 
     def comms_send(message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
         params = params_or_null_id(COMMS_SEND, message)
-        if params is None:
-            return _HANDLED
         comms_session(parse_session_id(params["session_id"], realm))
         issues = command_issues(params)
         if issues:
             text = "Command validation failed"
             data = {"code": "invalid_command", "details": issues, "message": text}
-            return send_error(message, INVALID_PARAMS, text, data)
+            raise RpcError(INVALID_PARAMS, text, data)
         if params["kind"] == "input":
             if not params.get("allow_self_session"):
                 data = {"code": "send_failed", "message": _SELF_INPUT}
-                return send_error(message, INTERNAL_ERROR, _SELF_INPUT, data)
+                raise RpcError(INTERNAL_ERROR, _SELF_INPUT, data)
             reserved = params.get("stream") == "reserve_interaction"
             interaction = str(uuid.uuid4())
             return {"interaction_id": interaction, "kind": "input_accepted", "stream_reserved": reserved}
         peer = params["to"]
         text = f"peer '{peer}' is not found or not trusted"
         data = {"code": "peer_not_found_or_not_trusted", "message": text, "peer": peer}
-        return send_error(message, INTERNAL_ERROR, text, data)
+        raise RpcError(INTERNAL_ERROR, text, data)
 
     return {
         "session/inject_context": inject_context,

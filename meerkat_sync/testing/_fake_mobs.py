@@ -40,7 +40,7 @@ from meerkat_sync.testing._fake_params import (
     string_map,
     variant,
 )
-from meerkat_sync.testing._fake_wire import IncomingRequest, JsonDict, RpcError, error_response
+from meerkat_sync.testing._fake_wire import IncomingRequest, JsonDict, RpcError
 
 if TYPE_CHECKING:
     from meerkat_sync.testing._fake_server import Handler, RequestCtx, Server
@@ -212,8 +212,6 @@ def _run_id(raw: str) -> str:
 
 def handlers(server: Server) -> Dict[str, Handler]:
     """This family's methods, bound to server."""
-    from meerkat_sync.testing._fake_server import _HANDLED
-
     mobs = MobRegistry(server)
 
     def params_of(struct: Struct, message: IncomingRequest) -> JsonDict:
@@ -434,8 +432,8 @@ def handlers(server: Server) -> Dict[str, Handler]:
         try:
             params = params_of(STREAM_OPEN, message)
         except RpcError as exc:
-            server.writer.send(error_response(None, exc.code, exc.message))
-            return _HANDLED
+            exc.null_id = True  # the real handler loses the request id here (§8.1)
+            raise
         member_id = params.get("member_id")
         with mobs.lock:
             try:

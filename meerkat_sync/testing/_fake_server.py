@@ -67,6 +67,7 @@ from meerkat_sync.testing._fake_script import (
 )
 from meerkat_sync.testing._fake_sessions import Session, SessionConfig, SessionStore, infer_provider
 from meerkat_sync.testing._fake_wire import (
+    HANDLED,
     IncomingRequest,
     IncomingResponse,
     JsonDict,
@@ -83,7 +84,6 @@ from meerkat_sync.testing._fake_wire import (
 ABSENT = object()
 """Capability status meaning "not compiled in": the entry is left out."""
 
-_HANDLED = object()
 #: A method handler: the request, and the cancel state of a long-running one.
 Handler = Callable[[IncomingRequest, Optional["RequestCtx"]], Any]
 _LONG_RUNNING = ("turn/start", "session/create")
@@ -287,12 +287,13 @@ class Server:
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {message.method}")
             result = handler(message, ctx)
-            if result is not _HANDLED:
+            if result is not HANDLED:
                 self._forget(message, ctx)
                 self.writer.send(response(message.id, result))
         except RpcError as exc:
             self._forget(message, ctx)
-            self.writer.send(error_response(message.id, exc.code, exc.message))
+            answer_id = None if exc.null_id else message.id
+            self.writer.send(error_response(answer_id, exc.code, exc.message, exc.data))
         except Exception as exc:  # a bug in the fake: answer, and show it like a panic would
             self._forget(message, ctx)
             self.stderr.write(traceback.format_exc().encode())
@@ -322,7 +323,7 @@ class Server:
 
     def _initialize(self, message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
         if not self.config.answer_initialize:
-            return _HANDLED
+            return HANDLED
         return {
             "server_info": {"name": SERVER_NAME, "version": SERVER_VERSION},
             "contract_version": self.config.contract_version,
@@ -420,7 +421,7 @@ class Server:
         self._woken.append(session.runtime)
         if ctx is not None:
             ctx.bind(session, item)
-        return _HANDLED
+        return HANDLED
 
     def _turn_start(self, message: IncomingRequest, ctx: Optional[RequestCtx]) -> Any:
         params = parse(params_schema.TURN_START, message.params, message.has_params)
@@ -496,7 +497,7 @@ class Server:
             self.writer.send(response(message.id, empty))
 
         threading.Thread(target=answer_later, name="rpc-keep-alive", daemon=True).start()
-        return _HANDLED
+        return HANDLED
 
     def _log_host_failure(self, session: Session, outcome: RunOutcome) -> None:
         if outcome.error is None:

@@ -27,11 +27,11 @@ from meerkat_sync.testing._fake_constants import INVALID_PARAMS
 from meerkat_sync.testing._fake_params import Struct, parse, parse_session_id, string
 from meerkat_sync.testing._fake_sessions import not_found
 from meerkat_sync.testing._fake_wire import (
+    HANDLED,
     IncomingRequest,
     JsonDict,
     RpcError,
     encode,
-    error_response,
     response,
 )
 
@@ -236,15 +236,11 @@ def handlers(server: Server) -> Dict[str, Handler]:
 
     def close_handler(null_id_on_bad_params: bool) -> Handler:
         def stream_close(message: IncomingRequest, _ctx: Optional[RequestCtx]) -> Any:
-            from meerkat_sync.testing._fake_server import _HANDLED
-
             try:
                 raw = parse(_STREAM_ONLY, message.params, message.has_params)["stream_id"]
             except RpcError as exc:
-                if not null_id_on_bad_params:
-                    raise
-                server.writer.send(error_response(None, exc.code, exc.message))
-                return _HANDLED
+                exc.null_id = null_id_on_bad_params
+                raise
             try:
                 stream_id = str(uuid.UUID(raw))
             except ValueError:
@@ -253,7 +249,7 @@ def handlers(server: Server) -> Dict[str, Handler]:
             server.writer.send(response(message.id, result))
             if end is not None:  # the end trails the response (as it did in every real trial)
                 server.writer.write(end)
-            return _HANDLED
+            return HANDLED
 
         return stream_close
 

@@ -25,12 +25,24 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class RpcError(Exception):
-    """An error response a handler wants written for its request."""
+    """An error response a handler wants written for its request.
 
-    def __init__(self, code: int, message: str) -> None:
+    ``null_id``: answered with ``"id": null``, as the real handlers that lose the request id
+    when its params do not parse (PROTOCOL.md §8.1).
+    """
+
+    def __init__(
+        self, code: int, message: str, data: Optional[JsonDict] = None, null_id: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.data = data
+        self.null_id = null_id
+
+
+#: What a handler returns when it has written its answer itself (or will, later).
+HANDLED = object()
 
 
 class LineError(Exception):
@@ -195,8 +207,11 @@ def response(req_id: Any, result: Any) -> JsonDict:
     return {"jsonrpc": "2.0", "id": req_id, "result": result}
 
 
-def error_response(req_id: Any, code: int, message: str) -> JsonDict:
-    return {"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message}}
+def error_response(req_id: Any, code: int, message: str, data: Optional[JsonDict] = None) -> JsonDict:
+    error: JsonDict = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": req_id, "error": error}
 
 
 def parse_error(detail: str) -> JsonDict:
